@@ -1,0 +1,88 @@
+"""Jittered exponential backoff between dial attempts: pure, clock passed in."""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+
+__all__ = ["Backoff", "backoff_delay"]
+
+
+def backoff_delay(failures: int, retry_min: float, retry_max: float, rand: float) -> float:
+    """The wait after the ``failures``-th consecutive failed dial.
+
+    ``b = min(retry_max, retry_min * 2**failures)`` and the delay is
+    ``max(retry_min, b/2 + rand * b/2)`` for ``rand`` in ``[0, 1)``: uniform in
+    the upper half of ``b`` ("equal jitter"), never below ``retry_min`` and
+    never above ``retry_max``. The first failure waits between ``retry_min``
+    and ``2 * retry_min``; from then on the bound doubles until it reaches
+    ``retry_max``.
+    """
+    if failures < 1:
+        return 0.0
+    exponent = min(failures, 64)  # 2**64 * anything dwarfs any sane retry_max
+    bound = min(retry_max, retry_min * 2.0**exponent)
+    return min(retry_max, max(retry_min, bound / 2 + rand * bound / 2))
+
+
+class Backoff:
+    """The dial backoff of one address, shared by every member that dials it.
+
+    Pure state: every method takes ``now`` (a monotonic time in seconds) and
+    does no I/O and no waiting. The first dial after a broken connection is
+    immediate; after ``n`` consecutive failures no dial is made before
+    ``backoff_delay(n, ...)`` seconds have passed since the last failure; a
+    success resets the count. Failures of dials that overlapped (several
+    members dialling at once) count once.
+
+    Not thread-safe: the pool calls it under its lock.
+    """
+
+    __slots__ = (
+        "_random",
+        "failed_at",
+        "failures",
+        "last_error",
+        "next_at",
+        "retry_max",
+        "retry_min",
+    )
+
+    def __init__(
+        self,
+        retry_min: float,
+        retry_max: float,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self._random = random
+        self.failures = 0
+        self.next_at = 0.0
+        self.failed_at = float("-inf")
+        self.last_error: BaseException | None = None
+
+    def wait(self, now: float) -> float:
+        """Seconds before a dial may be attempted (0.0: dial now)."""
+        return max(0.0, self.next_at - now)
+
+    def failed(self, now: float, started: float, error: BaseException | None = None) -> float:
+        """Record a dial that began at ``started`` and failed at ``now``; return the wait."""
+        if started < self.failed_at:
+            # This dial began before the last counted failure was known: it
+            # overlapped that one, and the server's state is already counted.
+            return self.wait(now)
+        self.failures += 1
+        self.failed_at = now
+        self.last_error = error
+        self.next_at = now + backoff_delay(
+            self.failures, self.retry_min, self.retry_max, self._random()
+        )
+        return self.next_at - now
+
+    def succeeded(self) -> None:
+        """A dial worked: the next failure starts again from ``retry_min``."""
+        self.failures = 0
+        self.next_at = 0.0
+        self.failed_at = float("-inf")
+        self.last_error = None

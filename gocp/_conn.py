@@ -1,0 +1,306 @@
+"""PersistentConn: a pool member that owns one TCP connection and redials it when it breaks."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ._address import Address
+from ._config import check_timeout
+from ._errors import ConnectionBroken, IOTimeout
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+    from ._pool import Pool
+
+__all__ = ["PersistentConn"]
+
+Socket = socket.socket
+
+_monotonic = time.monotonic
+_HAVE_POLL = hasattr(select, "poll")
+_READY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP if _HAVE_POLL else 0
+_SO_KEEPALIVE_OPTS = [
+    name for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT") if hasattr(socket, name)
+]
+
+
+def _readable_now(sock: Socket) -> bool:
+    """True if ``sock`` has something to read (data, EOF or an error) without waiting."""
+    if _HAVE_POLL:
+        poller = select.poll()
+        poller.register(sock, _READY)
+        return bool(poller.poll(0))
+    readable, _, errored = select.select([sock], [], [sock], 0)
+    return bool(readable or errored)
+
+
+class PersistentConn:
+    """One member of a ``gocp.Pool``: a connected-socket look-alike that survives breaks.
+
+    It is lent by ``Pool.get`` and must be given back with ``Pool.put``.
+    Its methods behave like a connected socket's, with these differences:
+
+    - The socket is made on first use, and again after a break: an I/O
+      error or the peer closing raises ``gocp.ConnectionBroken`` (the
+      ``OSError`` as ``__cause__``; a timeout raises ``gocp.IOTimeout``, both
+      ``ConnectionBroken`` and ``TimeoutError``), the socket is dropped, and
+      the next operation dials a new one. The failed operation is never
+      re-sent: the caller decides whether its request is safe to repeat.
+    - Dialling failures raise ``gocp.DialError``; until the pool's backoff
+      delay has passed, operations raise ``DialError`` at once (with
+      ``retry_in``) instead of dialling.
+    - Before the first send of each lend, a connection that the peer closed
+      while it sat idle (a server restart) is replaced by a new one. Nothing
+      had been sent on it, so this is safe; the caller never sees it.
+    - ``recv`` never returns ``b""`` for a closed peer: it raises.
+    - ``settimeout`` lasts until the member is put back; the pool then
+      restores its ``io_timeout``.
+    """
+
+    __module__ = "gocp"
+    __slots__ = (
+        "__weakref__",
+        "_aborted",
+        "_fresh",
+        "_lent",
+        "_mutex",
+        "_pool",
+        "_sock",
+        "_timeout",
+        "index",
+    )
+
+    def __init__(self, pool: Pool, index: int) -> None:
+        self._pool = pool
+        self.index = index
+        self._lent = False
+        self._fresh = False  # lent and not yet used since: check for staleness first
+        self._aborted = False  # abort() shut the current socket down
+        self._sock: Socket | None = None
+        self._timeout = pool.options.io_timeout
+        self._mutex = threading.Lock()  # orders _drop against abort(); never held during I/O
+
+    # -- what the caller sees -------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        """The ``(host, port)`` this member connects to."""
+        return self._pool.address
+
+    @property
+    def socket(self) -> Socket | None:
+        """The live socket, or ``None`` while disconnected (Go's ``OriginalConn``).
+
+        Use it for options or for I/O the member does not wrap; do not close it
+        (call ``Pool.put(conn, broken=True)`` instead).
+        """
+        return self._sock
+
+    @property
+    def connected(self) -> bool:
+        """Whether the member holds a socket now (it may still be dead until used)."""
+        return self._sock is not None
+
+    def __repr__(self) -> str:
+        state = "lent" if self._lent else "idle"
+        link = "connected" if self._sock is not None else "disconnected"
+        return f"<gocp.PersistentConn #{self.index} {self._pool.address_text} {state} {link}>"
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Bound each wait of this lend's I/O (seconds > 0, or ``None`` for no bound)."""
+        seconds = check_timeout("timeout", timeout)
+        if seconds == 0:
+            raise ValueError("timeout: must be > 0 or None (non-blocking mode is not supported)")
+        self._timeout = seconds
+        sock = self._sock
+        if sock is not None:
+            sock.settimeout(seconds)
+
+    def gettimeout(self) -> float | None:
+        """The current I/O timeout in seconds, or ``None``."""
+        return self._timeout
+
+    def sendall(self, data: ReadableBuffer) -> None:
+        """Send all of ``data``; raises ``ConnectionBroken`` or ``DialError`` (see class doc)."""
+        sock = self._sock
+        if sock is None or self._fresh:
+            sock = self._for_send()
+        try:
+            sock.sendall(data)
+        except OSError as exc:
+            raise self._broke("sendall", exc) from exc
+
+    def send(self, data: ReadableBuffer) -> int:
+        """Send some of ``data``; return how many bytes were sent."""
+        sock = self._sock
+        if sock is None or self._fresh:
+            sock = self._for_send()
+        try:
+            return sock.send(data)
+        except OSError as exc:
+            raise self._broke("send", exc) from exc
+
+    def recv(self, bufsize: int) -> bytes:
+        """Receive up to ``bufsize`` bytes; a peer that closed raises ``ConnectionBroken``."""
+        sock = self._sock
+        if sock is None:
+            sock = self._dial()
+        self._fresh = False
+        try:
+            data = sock.recv(bufsize)
+        except OSError as exc:
+            raise self._broke("recv", exc) from exc
+        if not data and bufsize:
+            raise self._broke("recv", None)
+        return data
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0) -> int:
+        """Receive into ``buffer``; a peer that closed raises ``ConnectionBroken``."""
+        sock = self._sock
+        if sock is None:
+            sock = self._dial()
+        self._fresh = False
+        try:
+            count = sock.recv_into(buffer, nbytes)
+        except OSError as exc:
+            raise self._broke("recv_into", exc) from exc
+        if not count and (nbytes or memoryview(buffer).nbytes):
+            raise self._broke("recv_into", None)
+        return count
+
+    def abort(self) -> None:
+        """Break the connection now, from any thread; the holder's blocked I/O wakes.
+
+        A watchdog uses it to cancel a stuck request: ``shutdown`` wakes a
+        thread blocked in ``recv`` (a plain ``close`` would not), which then
+        raises ``ConnectionBroken``; the member redials on its next use.
+        Does nothing while disconnected.
+        """
+        with self._mutex:
+            sock = self._sock
+            if sock is not None:
+                self._aborted = True
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already shut down, or never fully connected
+
+    # -- the machinery -----------------------------------------------------------
+
+    def _for_send(self) -> Socket:
+        """The socket to send on: dial if there is none; drop a stale one first."""
+        sock = self._sock
+        if sock is not None and self._fresh:
+            self._fresh = False
+            if _readable_now(sock):
+                # Nothing of this lend was sent: a socket with unread bytes,
+                # EOF or an error is stale (peer restarted, or left-over data
+                # would desynchronise the stream). Replacing it is safe.
+                self._drop()
+                self._pool._event_stale(self)
+                sock = None
+        if sock is None:
+            sock = self._dial()
+        return sock
+
+    def _dial(self) -> Socket:
+        pool = self._pool
+        options = pool.options
+        started = pool._dial_permit(self)
+        deadline = started + options.dial_timeout
+        try:
+            sock = _connect(pool.address, deadline)
+        except OSError as exc:
+            raise pool._dial_failed(self, started, exc) from exc
+        try:
+            self._configure(sock)
+        except OSError as exc:
+            sock.close()
+            raise pool._dial_failed(self, started, exc) from exc
+        with self._mutex:
+            self._sock = sock
+        self._fresh = False
+        pool._dial_succeeded(self)
+        return sock
+
+    def _configure(self, sock: Socket) -> None:
+        options = self._pool.options
+        if options.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if options.keepalive is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            idle = max(1, int(options.keepalive))
+            values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": max(1, idle // 3), "TCP_KEEPCNT": 3}
+            for name in _SO_KEEPALIVE_OPTS:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), values[name])
+        sock.settimeout(self._timeout)
+
+    def _broke(self, op: str, exc: OSError | None) -> ConnectionBroken:
+        """Drop the socket after a failure and build the error to raise."""
+        aborted = self._aborted
+        self._drop()
+        address = self._pool.address_text
+        if aborted:
+            error: ConnectionBroken = ConnectionBroken(
+                f"{op} on {address}: aborted", address=address
+            )
+        elif exc is None:
+            error = ConnectionBroken(
+                f"{op} on {address}: peer closed the connection", address=address
+            )
+        elif isinstance(exc, TimeoutError):
+            error = IOTimeout(
+                f"{op} on {address}: no progress within {self._timeout}s; connection dropped",
+                address=address,
+            )
+        else:
+            error = ConnectionBroken(f"{op} on {address}: {exc}", address=address)
+        self._pool._event_broken(self, op, exc if exc is not None else error)
+        return error
+
+    def _drop(self) -> None:
+        """Close and forget the socket, without waiting on the network; any thread."""
+        with self._mutex:
+            sock, self._sock = self._sock, None
+            self._aborted = False
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError as exc:
+                self._pool._event_close_failed(self, exc)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: release the descriptor without any I/O (the parent keeps its
+        connection) and make the lock usable again."""
+        self._mutex = threading.Lock()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()  # the parent still holds the file: no FIN, no RST
+
+
+def _connect(address: Address, deadline: float) -> Socket:
+    """Connect to ``address`` trying each resolved address, all within ``deadline``."""
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, kind, proto, _name, sockaddr in infos:
+        remaining = deadline - _monotonic()
+        if remaining <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(remaining)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        return sock
+    if last is None:
+        last = TimeoutError(f"connect to {host}:{port} timed out")
+    raise last

@@ -1,0 +1,360 @@
+"""The threaded pool: a thin shell of waiting and I/O around ``PoolCore``."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+from ._address import AddressLike, format_address, parse_address
+from ._backoff import Backoff
+from ._config import Options, check_timeout
+from ._conn import PersistentConn
+from ._core import PoolCore
+from ._errors import DialError, PoolClosed, PoolTimeout
+from ._log import make_log
+from ._stats import PoolStats
+
+__all__ = ["Pool", "new"]
+
+_monotonic = time.monotonic
+_allocate_lock = threading.Lock
+
+
+class _Waiter:
+    """A caller blocked in ``get``: a held lock that the pool releases to wake it."""
+
+    __slots__ = ("lock", "member")
+
+    def __init__(self) -> None:
+        self.lock = _allocate_lock()
+        self.lock.acquire()
+        self.member: PersistentConn | None = None
+
+
+class Pool:
+    """A fixed set of ``size`` self-redialling connections to one server.
+
+    Make one with ``gocp.new``. Thread-safe: one pool serves many threads.
+    The pool never waits on the network while holding its lock, and never
+    starts a thread.
+    """
+
+    __module__ = "gocp"
+
+    def __init__(
+        self,
+        address: AddressLike,
+        *,
+        size: int = 5,
+        logger: object = None,
+        **options: Any,
+    ) -> None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"size: expected an int, got {type(size).__name__} {size!r}")
+        if size < 1:
+            raise ValueError(f"size: must be >= 1, got {size}")
+        self.address = parse_address(address)
+        self.address_text = format_address(self.address)
+        self.options = Options.build(options)
+        self._log = make_log(logger)
+        self._lock = threading.Lock()
+        self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
+        self._members = tuple(PersistentConn(self, index) for index in range(size))
+        self._core: PoolCore[PersistentConn, _Waiter] = PoolCore(self._members)
+        _live_pools.add(self)
+
+    # -- lending ---------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """The number of members; constant for the pool's life."""
+        return len(self._members)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._core.closed
+
+    def get(self, timeout: float | None = None) -> PersistentConn:
+        """Lend a member, waiting up to ``timeout`` seconds (``None``: no bound) for one.
+
+        Waiters are served first come, first served. ``timeout=0`` takes a
+        free member or raises at once. The member is lent whatever the state
+        of its connection: it dials on first use, not here, so ``get`` never
+        waits on the network.
+
+        Raises ``PoolTimeout`` when the time runs out and ``PoolClosed`` when
+        the pool is closed, also while waiting.
+        """
+        if timeout is not None:
+            timeout = check_timeout("timeout", timeout)
+        core = self._core
+        with self._lock:
+            member = core.lend()
+            if member is not None:
+                member._fresh = True
+                return member
+            if timeout == 0:
+                core.timeouts += 1
+                raise PoolTimeout("no idle member (timeout=0)", timeout=0.0)
+            waiter = _Waiter()
+            core.enqueue(waiter)
+        try:
+            served = waiter.lock.acquire(True, -1 if timeout is None else timeout)
+        except BaseException:
+            # Interrupted while queued: leave the queue, or give back what we got.
+            with self._lock:
+                core.cancel(waiter)
+            if waiter.member is not None:
+                self.put(waiter.member)
+            raise
+        if not served:
+            with self._lock:
+                if core.cancel(waiter):
+                    raise PoolTimeout(
+                        f"no member of {self.address_text} became free within {timeout}s",
+                        timeout=timeout or 0.0,
+                    )
+            # Served, or woken by close(), between the timeout and the lock.
+        member = waiter.member
+        if member is None:
+            raise PoolClosed("pool was closed while waiting")
+        member._fresh = True
+        return member
+
+    def put(self, conn: PersistentConn, broken: bool = False) -> None:
+        """Give back a member lent by ``get``.
+
+        With ``broken=True`` its socket is closed and it redials before its
+        next use: do this when the stream is in a state you cannot trust.
+        A member of a closed pool is closed here. Raises ``TypeError`` for
+        something that is not a member and ``ValueError`` for another pool's
+        member or one that is not lent (put twice); the pool is unchanged.
+        """
+        if conn.__class__ is not PersistentConn:
+            raise TypeError(f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}")
+        if conn._pool is not self:
+            raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
+        if broken:
+            self._put_broken(conn)
+            return
+        core = self._core
+        with self._lock:
+            if not conn._lent:
+                raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
+            if conn._timeout != self.options.io_timeout:
+                conn.settimeout(self.options.io_timeout)
+            waiter = core.give_back(conn)
+            if waiter is not None:
+                waiter.lock.release()
+                return
+            closed = core.closed
+        if closed:
+            conn._drop()
+
+    def _put_broken(self, conn: PersistentConn) -> None:
+        core = self._core
+        with self._lock:
+            if not conn._lent:
+                raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
+            core.begin_return(conn)
+            core.broken += 1
+        conn._drop()  # outside the lock: closing is I/O
+        conn._timeout = self.options.io_timeout
+        with self._lock:
+            waiter = core.finish_return(conn)
+            if waiter is not None:
+                waiter.lock.release()
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[PersistentConn]:
+        """``get`` a member for a ``with`` block and ``put`` it back after.
+
+        If the block raises after using the member, the stream may hold a
+        half-sent request or an unread reply, so the member goes back broken
+        and redials; if it raises before any I/O, it goes back as it was.
+        """
+        conn = self.get(timeout)
+        try:
+            yield conn
+        except BaseException:
+            self.put(conn, broken=not conn._fresh)
+            raise
+        self.put(conn)
+
+    # -- closing -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close idle members now and lent ones when they come back; wake waiters.
+
+        Idempotent; never waits on the network; leaves no thread behind.
+        Holders of lent members keep using them until they put them back.
+        """
+        with self._lock:
+            idle, waiters = self._core.close()
+            for waiter in waiters:
+                waiter.lock.release()
+        for member in idle:
+            member._drop()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- observing ---------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A consistent, immutable snapshot of gauges and counters (see ``PoolStats``)."""
+        core = self._core
+        with self._lock:
+            in_use = sum(1 for member in self._members if member._lent) + core.returning
+            return PoolStats(
+                address=self.address_text,
+                size=len(self._members),
+                idle=len(core.idle),
+                in_use=in_use,
+                waiting=len(core.waiters),
+                connected=sum(1 for member in self._members if member._sock is not None),
+                lends=core.lends,
+                waits=core.waits,
+                timeouts=core.timeouts,
+                dials=core.dials,
+                dial_failures=core.dial_failures,
+                broken=core.broken,
+                stale=core.stale,
+                closed=core.closed,
+            )
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        state = " closed" if s.closed else ""
+        return (
+            f"<gocp.Pool {s.address} size={s.size} idle={s.idle} in_use={s.in_use} "
+            f"waiting={s.waiting} connected={s.connected}{state}>"
+        )
+
+    # -- called by members (never with the lock held by the caller) ------------
+
+    def _dial_permit(self, member: PersistentConn) -> float:
+        """Allow a dial now (return its start time) or raise ``DialError``/``PoolClosed``."""
+        now = _monotonic()
+        with self._lock:
+            if self._core.closed:
+                raise PoolClosed("pool is closed: not redialling")
+            backoff = self._backoff
+            wait = backoff.wait(now)
+            if wait > 0:
+                raise DialError(
+                    f"dial {self.address_text}: backing off after {backoff.failures} failed "
+                    f"attempts (last: {backoff.last_error}); next attempt in {wait:.3f}s",
+                    address=self.address_text,
+                    retry_in=wait,
+                ) from backoff.last_error
+            self._core.dials += 1
+        return now
+
+    def _dial_failed(self, member: PersistentConn, started: float, exc: OSError) -> DialError:
+        now = _monotonic()
+        with self._lock:
+            retry_in = self._backoff.failed(now, started, exc)
+            self._core.dial_failures += 1
+            attempt = self._backoff.failures
+        if self._log is not None:
+            self._log(
+                "warning",
+                "dial_failed",
+                address=self.address_text,
+                error=_describe(exc),
+                attempt=attempt,
+                retry_in=round(retry_in, 3),
+            )
+        return DialError(
+            f"dial {self.address_text} failed: {_describe(exc)}; next attempt in {retry_in:.3f}s",
+            address=self.address_text,
+            retry_in=retry_in,
+        )
+
+    def _dial_succeeded(self, member: PersistentConn) -> None:
+        with self._lock:
+            self._backoff.succeeded()
+
+    def _event_broken(self, member: PersistentConn, op: str, exc: BaseException) -> None:
+        with self._lock:
+            self._core.broken += 1
+        if self._log is not None:
+            self._log(
+                "warning",
+                "connection_broken",
+                address=self.address_text,
+                error=_describe(exc),
+                op=op,
+                member=member.index,
+            )
+
+    def _event_stale(self, member: PersistentConn) -> None:
+        with self._lock:
+            self._core.stale += 1
+        if self._log is not None:
+            self._log("info", "stale_dropped", address=self.address_text, member=member.index)
+
+    def _event_close_failed(self, member: PersistentConn, exc: OSError) -> None:
+        if self._log is not None:
+            self._log("warning", "close_failed", address=self.address_text, error=_describe(exc))
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._core.reset_after_fork()
+        for member in self._members:
+            member._forget_after_fork()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return (
+        text if isinstance(exc, OSError) and exc.errno is None else f"{type(exc).__name__}: {text}"
+    )
+
+
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live_pools):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def new(
+    address: AddressLike,
+    *,
+    size: int = 5,
+    logger: object = None,
+    **options: Any,
+) -> Pool:
+    """Make a ``Pool`` of ``size`` members connecting to ``address``. Never touches the network.
+
+    ``address`` is ``"host:port"``, ``"[v6addr]:port"`` or ``(host, port)``.
+    ``logger`` is ``None`` (silent), any object with ``print()``, a structlog
+    logger or a ``logging.Logger``. ``options`` are those of ``gocp.Options``:
+    ``dial_timeout=5.0``, ``io_timeout=30.0``, ``retry_min=0.1``,
+    ``retry_max=3.0``, ``nodelay=True``, ``keepalive=30.0``.
+
+    Raises ``TypeError`` or ``ValueError`` naming the bad argument.
+    """
+    return Pool(address, size=size, logger=logger, **options)
