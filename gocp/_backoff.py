@@ -5,7 +5,16 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Callable
 
-__all__ = ["Backoff", "backoff_delay"]
+__all__ = ["Backoff", "backoff_delay", "set_no_wait"]
+
+_no_wait = False
+
+
+def set_no_wait(enabled: bool) -> bool:
+    """Testing switch: when enabled, ``Backoff.wait`` is always 0. Returns the old value."""
+    global _no_wait
+    previous, _no_wait = _no_wait, bool(enabled)
+    return previous
 
 
 def backoff_delay(failures: int, retry_min: float, retry_max: float, rand: float) -> float:
@@ -64,6 +73,8 @@ class Backoff:
 
     def wait(self, now: float) -> float:
         """Seconds before a dial may be attempted (0.0: dial now)."""
+        if _no_wait:
+            return 0.0
         return max(0.0, self.next_at - now)
 
     def failed(self, now: float, started: float, error: BaseException | None = None) -> float:
