@@ -13,7 +13,7 @@ import struct
 import threading
 from collections import Counter
 from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 __all__ = ["EchoServer", "RequestReplyServer"]
 
@@ -80,7 +80,7 @@ class _LoopServer:
         with self._lock:
             return len(self._conns)
 
-    def start(self) -> _LoopServer:
+    def start(self) -> Self:
         """Listen (on the same port as before, after a stop) and serve in a thread."""
         if self._thread is not None:
             return self
@@ -139,7 +139,7 @@ class _LoopServer:
         self._wake()
         self._sync()
 
-    def __enter__(self) -> _LoopServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -285,10 +285,6 @@ class EchoServer(_LoopServer):
         conn.inbox.clear()
         return None
 
-    def __enter__(self) -> EchoServer:
-        self.start()
-        return self
-
 
 class RequestReplyServer(_LoopServer):
     """A line protocol that counts the side effects of each request.
@@ -306,10 +302,6 @@ class RequestReplyServer(_LoopServer):
         super().__init__(host, port)
         self._applied: Counter[str] = Counter()
         self._faults: list[tuple[Fault, bool]] = []
-
-    def __enter__(self) -> RequestReplyServer:
-        self.start()
-        return self
 
     def fail_next(self, count: int = 1, fault: Fault = "reset", *, apply: bool = True) -> None:
         with self._lock:
