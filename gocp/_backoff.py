@@ -53,6 +53,7 @@ class Backoff:
         "failures",
         "last_error",
         "next_at",
+        "probing",
         "retry_max",
         "retry_min",
     )
@@ -69,7 +70,29 @@ class Backoff:
         self.failures = 0
         self.next_at = 0.0
         self.failed_at = float("-inf")
+        self.probing = False
         self.last_error: BaseException | None = None
+
+    def begin(self, now: float) -> float:
+        """Ask to dial at ``now``: 0.0 means go ahead, else the seconds to wait.
+
+        While the address is failing, only one dial (the probe) is in flight
+        at a time: the others wait for its outcome instead of all hitting a
+        server that is just coming back. A caller told to go ahead must
+        report the outcome with ``failed``, ``succeeded`` or ``abandoned``.
+        """
+        wait = self.wait(now)
+        if wait > 0 or _no_wait:
+            return wait
+        if self.failures:
+            if self.probing:
+                return self.retry_min
+            self.probing = True
+        return 0.0
+
+    def abandoned(self) -> None:
+        """A dial allowed by ``begin`` ended without an outcome (interrupted)."""
+        self.probing = False
 
     def wait(self, now: float) -> float:
         """Seconds before a dial may be attempted (0.0: dial now)."""
@@ -79,6 +102,7 @@ class Backoff:
 
     def failed(self, now: float, started: float, error: BaseException | None = None) -> float:
         """Record a dial that began at ``started`` and failed at ``now``; return the wait."""
+        self.probing = False
         if started < self.failed_at:
             # This dial began before the last counted failure was known: it
             # overlapped that one, and the server's state is already counted.
@@ -93,6 +117,7 @@ class Backoff:
 
     def succeeded(self) -> None:
         """A dial worked: the next failure starts again from ``retry_min``."""
+        self.probing = False
         self.failures = 0
         self.next_at = 0.0
         self.failed_at = float("-inf")

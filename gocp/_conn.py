@@ -217,11 +217,17 @@ class PersistentConn:
             sock = _connect(pool.address, deadline)
         except OSError as exc:
             raise pool._dial_failed(self, started, exc) from exc
+        except BaseException:
+            pool._dial_abandoned(self)  # e.g. KeyboardInterrupt: never leave the probe stuck
+            raise
         try:
             self._configure(sock)
-        except OSError as exc:
+        except BaseException as exc:
             sock.close()
-            raise pool._dial_failed(self, started, exc) from exc
+            if isinstance(exc, OSError):
+                raise pool._dial_failed(self, started, exc) from exc
+            pool._dial_abandoned(self)
+            raise
         with self._mutex:
             self._sock = sock
         self._fresh = False

@@ -255,16 +255,21 @@ class Pool:
             if self._core.closed:
                 raise PoolClosed("pool is closed: not redialling")
             backoff = self._backoff
-            wait = backoff.wait(now)
+            wait = backoff.begin(now)
             if wait > 0:
+                why = "another member is probing it" if backoff.probing else "backing off"
                 raise DialError(
-                    f"dial {self.address_text}: backing off after {backoff.failures} failed "
+                    f"dial {self.address_text}: {why} after {backoff.failures} failed "
                     f"attempts (last: {backoff.last_error}); next attempt in {wait:.3f}s",
                     address=self.address_text,
                     retry_in=wait,
                 ) from backoff.last_error
             self._core.dials += 1
         return now
+
+    def _dial_abandoned(self, member: PersistentConn) -> None:
+        with self._lock:
+            self._backoff.abandoned()
 
     def _dial_failed(self, member: PersistentConn, started: float, exc: OSError) -> DialError:
         now = _monotonic()
