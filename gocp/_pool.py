@@ -6,8 +6,6 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +18,7 @@ from ._errors import DialError, PoolClosed, PoolTimeout
 from ._log import make_log
 from ._stats import PoolStats
 
-__all__ = ["Pool", "new"]
+__all__ = ["Lend", "Pool", "new"]
 
 _monotonic = time.monotonic
 _allocate_lock = threading.Lock
@@ -35,6 +33,37 @@ class _Waiter:
         self.lock = _allocate_lock()
         self.lock.acquire()
         self.member: PersistentConn | None = None
+
+
+class Lend:
+    """What ``Pool.connection`` returns: a one-use context manager around get/put."""
+
+    __module__ = "gocp"
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: PersistentConn | None = None
+
+    def __enter__(self) -> PersistentConn:
+        if self._conn is not None:
+            raise RuntimeError("a Pool.connection() context can be entered once")
+        conn = self._conn = self._pool.get(self._timeout)
+        return conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        if exc_type is None:
+            self._pool.put(conn)
+        else:
+            self._pool.put(conn, broken=not conn._fresh)
 
 
 class Pool:
@@ -172,21 +201,15 @@ class Pool:
             if waiter is not None:
                 waiter.lock.release()
 
-    @contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[PersistentConn]:
-        """``get`` a member for a ``with`` block and ``put`` it back after.
+    def connection(self, timeout: float | None = None) -> Lend:
+        """A context manager: ``get`` a member for a ``with`` block, ``put`` it back after.
 
         If the block raises after using the member, the stream may hold a
         half-sent request or an unread reply, so the member goes back broken
         and redials; if it raises before any I/O, it goes back as it was.
+        ``get``'s errors (``PoolTimeout``, ``PoolClosed``) raise at ``with``.
         """
-        conn = self.get(timeout)
-        try:
-            yield conn
-        except BaseException:
-            self.put(conn, broken=not conn._fresh)
-            raise
-        self.put(conn)
+        return Lend(self, timeout)
 
     # -- closing -----------------------------------------------------------------
 
@@ -363,3 +386,6 @@ def new(
     Raises ``TypeError`` or ``ValueError`` naming the bad argument.
     """
     return Pool(address, size=size, logger=logger, **options)
+
+
+new.__module__ = "gocp"
