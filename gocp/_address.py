@@ -9,12 +9,15 @@ AddressLike = str | tuple[str, int]
 
 
 def _port(value: object, given: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise TypeError(f"address: port must be an int, got {type(value).__name__} in {given!r}")
-    try:
+    if isinstance(value, str):
+        # int() would also take " 80", "+80" and "8_0": only plain digits are a port.
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(f"address: port is not a number in {given!r}")
         port = int(value)
-    except ValueError:
-        raise ValueError(f"address: port is not a number in {given!r}") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        port = value
+    else:
+        raise TypeError(f"address: port must be an int, got {type(value).__name__} in {given!r}")
     if not 0 < port < 65536:
         raise ValueError(f"address: port must be within 1..65535, got {port} in {given!r}")
     return port
@@ -26,7 +29,7 @@ def parse_address(address: object) -> Address:
     Raises ``TypeError`` or ``ValueError`` naming the argument ``address``.
     """
     if isinstance(address, tuple):
-        if len(address) != 2 or not isinstance(address[0], str):
+        if len(address) != 2 or not isinstance(address[0], str) or isinstance(address[1], str):
             raise TypeError(f"address: expected (host: str, port: int), got {address!r}")
         host, port = address[0], _port(address[1], address)
     elif isinstance(address, str):

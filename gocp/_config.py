@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import attrs
 
-__all__ = ["Options", "check_timeout"]
+__all__ = ["MAX_SECONDS", "Options", "check_timeout"]
+
+#: The longest duration the platform can wait on (sockets and locks overflow beyond it).
+MAX_SECONDS = threading.TIMEOUT_MAX
 
 
 def _number(name: str, value: object) -> float:
@@ -27,6 +31,8 @@ def check_timeout(name: str, value: object) -> float | None:
     seconds = _number(name, value)
     if seconds < 0 or math.isinf(seconds):
         raise ValueError(f"{name}: must be >= 0 and finite, or None, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{name}: must be at most {MAX_SECONDS} seconds, got {value!r}")
     return seconds
 
 
@@ -37,6 +43,10 @@ def _seconds(*, optional: bool = False) -> Any:
         seconds = _number(attribute.name, value)
         if not 0 < seconds < math.inf:
             raise ValueError(f"{attribute.name}: must be > 0 and finite, got {value!r}")
+        if seconds > MAX_SECONDS:
+            raise ValueError(
+                f"{attribute.name}: must be at most {MAX_SECONDS} seconds, got {value!r}"
+            )
 
     return validate
 
