@@ -193,7 +193,8 @@ class Pool:
             if not conn._lent:
                 raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
             core.begin_return(conn)
-            core.broken += 1
+            if conn._sock is not None:  # a break during I/O was counted when it happened
+                core.broken += 1
         conn._drop()  # outside the lock: closing is I/O
         conn._timeout = self.options.io_timeout
         with self._lock:
