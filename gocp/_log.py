@@ -40,15 +40,30 @@ class EventLog:
         """Report ``event`` with ``fields``; a failing logger never breaks the pool."""
         try:
             if self._kind == "stdlib":
-                self._target.log(
-                    _LEVELS[level], _line(event, fields), extra={"event": event, **fields}
-                )
+                _log_stdlib(self._target, _LEVELS[level], _line(event, fields), event, fields)
             elif self._kind == "structlog":
                 getattr(self._target, level)(f"gocp.{event}", **fields)
             else:
                 self._target.print(_line(event, fields))
         except Exception:  # noqa: BLE001, S110 - a broken logger must not break I/O paths
             pass
+
+
+def _log_stdlib(target: Any, level: int, message: str, event: str, fields: dict[str, Any]) -> None:
+    """Log with ``fields`` as record attributes, also through ``LoggerAdapter``s.
+
+    A ``LoggerAdapter`` replaces the call's ``extra`` with its own in ``process``;
+    apply each adapter's ``process`` here and merge (the caller's side wins, as
+    with ``merge_extra``), so the fields survive it.
+    """
+    merged = {"event": event, **fields}
+    kwargs: Any = {"extra": merged}
+    while isinstance(target, logging.LoggerAdapter):
+        message, kwargs = target.process(message, kwargs)
+        merged = {**(kwargs.get("extra") or {}), **merged}
+        kwargs["extra"] = merged
+        target = target.logger
+    target.log(level, message, **kwargs)
 
 
 def make_log(logger: object) -> EventLog | None:
