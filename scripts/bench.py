@@ -1,0 +1,1276 @@
+#!/usr/bin/env python3
+"""gocp side by side with its floor and with other Python pools, in one process.
+
+    .venv/bin/python scripts/bench.py                 # everything (about 2-3 minutes)
+    .venv/bin/python scripts/bench.py --quick         # a smoke run (under 30 s)
+    .venv/bin/python scripts/bench.py --only uncontended,roundtrip --json out.json
+
+Scenarios (issue 4; the targets of issues 2 and 4 are checked at the end):
+
+- ``uncontended``: get+put, pool of 8, one thread.
+- ``contended``: 16 threads sharing a pool of 4 doing get+put: wall time per
+  operation, throughput, Jain's fairness index over the threads' operation
+  counts, the worst and 99th-percentile wait in ``get`` (a separate run that
+  times each get), and a first-come-first-served check (8 callers queue one
+  by one on an exhausted pool, then each takes a member, puts it back and
+  asks again: a FCFS pool serves 0..7 then 0..7; a pool that lets the
+  returning caller barge ahead serves it twice in a row).
+- ``roundtrip``: a 64-byte echo through a pooled member, 1 thread on a pool of
+  8 and 8 threads on a pool of 8; the floor is a raw socket held by the
+  caller (8 threads: 8 raw sockets). The echo server is a blocking
+  thread-per-connection server in a subprocess, so it never competes with
+  the client for the GIL. Every socket (raw, gocp's, the peers') has
+  ``TCP_NODELAY`` and a 30 s timeout, as gocp's members have by default.
+- ``lifecycle``: get+put with the pool's health-check and lifetime policies
+  on; the check itself is a no-op callback, so what is timed is the pool's
+  machinery. gocp is "n/a" until ``gocp.Options`` grows such options.
+- ``size``: get+put cost on a pool of 1,000 over a pool of 8 (every member
+  created and cycled once before timing).
+- ``memory``: ``tracemalloc`` bytes per idle member of a pool of 1,000 whose
+  members hold a connected socket, minus the bytes per raw connected socket.
+- ``import``: wall time of ``python -c "import X"`` minus ``python -c "pass"``.
+
+Method: every figure is the median of several samples (min and max shown);
+samples of the different subjects are interleaved so drift hits them alike.
+A sample is one ``time.perf_counter`` interval around a batch of many
+operations (about 50 ms; 16-thread samples 0.25 s). The garbage collector
+is disabled during timed loops. Ratios: "x floor" divides by the floor of
+the same table, "x best" by the best peer of the same table (the fastest,
+or for throughput the highest). This is a report: it exits 0 whatever the
+figures say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import attrs
+from bench_peers import PEERS, Peer, Subject
+
+import gocp
+
+perf = time.perf_counter
+MSG = bytes(range(64))  # the round trip's message
+IO_TIMEOUT = 30.0  # gocp's default io_timeout; every socket in the round trips gets it
+SCENARIOS = ("uncontended", "contended", "roundtrip", "lifecycle", "size", "memory", "import")
+
+
+# -- settings ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    repeats: int  # samples per subject for timing scenarios
+    sample: float  # seconds per single-thread sample
+    contended_seconds: float  # seconds per 16-thread sample
+    fairness_runs: int  # timed-get runs for the worst wait
+    rt_sample: float  # seconds per round-trip sample
+    members: int  # the memory scenario's pool size
+    import_runs: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(True, 3, 0.01, 0.08, 1, 0.03, 200, 3)
+        return cls(False, 7, 0.05, 0.25, 2, 0.12, 1000, 9)
+
+
+# -- results -------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str  # "floor", "gocp", "peer" or "info" (shown, never the floor or best peer)
+    samples: list[float] = field(default_factory=list)
+    status: str = ""  # empty when measured, else why not ("not installed", "n/a: ...")
+    extra: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    unit: str
+    higher_is_better: bool = False
+    ratios: bool = True
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    columns: list[tuple[str, str, str]] = field(default_factory=list)  # (extra key, head, fmt)
+
+    def row(self, name: str) -> Row | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+    def floor(self) -> Row | None:
+        return next((r for r in self.rows if r.kind == "floor" and r.samples), None)
+
+    def best_peer(self) -> Row | None:
+        peers = [r for r in self.rows if r.kind == "peer" and r.samples]
+        if not peers:
+            return None
+        pick = max if self.higher_is_better else min
+        return pick(peers, key=lambda r: r.median or 0.0)
+
+    def ratio(self, row: Row, to: Row | None) -> float | None:
+        if to is None or not row.samples or not to.median:
+            return None
+        return (row.median or 0.0) / to.median
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(table: Table) -> None:
+    floor, best = table.floor(), table.best_peer()
+    print(f"\n== {table.title}")
+    for note in table.notes:
+        print(f"   {note}")
+    head = f"   {'subject':<58}{'median':>9}{'min':>9}{'max':>9}"
+    if table.ratios:
+        head += f"{'x floor':>9}{'x best':>8}"
+    for _key, name, _spec in table.columns:
+        head += f"  {name}"
+    print(head + f"   [{table.unit}]")
+    for row in table.rows:
+        label = row.name + (" *" if row.kind == "info" else "")
+        if not row.samples:
+            print(f"   {label:<58}{row.status or 'no data':>9}")
+            continue
+        line = f"   {label:<58}{_fmt(row.median):>9}"
+        line += f"{_fmt(min(row.samples)):>9}{_fmt(max(row.samples)):>9}"
+        if table.ratios:
+            line += f"{_fmt(table.ratio(row, floor)):>9}{_fmt(table.ratio(row, best)):>8}"
+        for key, name, spec in table.columns:
+            value = row.extra.get(key)
+            text = (
+                "-" if value is None else (value if isinstance(value, str) else f"{value:{spec}}")
+            )
+            line += f"  {text:>{len(name)}}"
+        if row.note:
+            line += f"   ({row.note})"
+        print(line)
+    if best is not None and table.ratios:
+        print(f"   best peer: {best.name}")
+    if any(r.kind == "info" for r in table.rows):
+        print("   * for information: neither the floor nor a peer")
+
+
+def table_json(table: Table) -> dict[str, Any]:
+    floor, best = table.floor(), table.best_peer()
+    rows = []
+    for row in table.rows:
+        item: dict[str, Any] = {"name": row.name, "kind": row.kind, "status": row.status or "ok"}
+        if row.samples:
+            item.update(
+                median=row.median,
+                min=min(row.samples),
+                max=max(row.samples),
+                samples=row.samples,
+                x_floor=table.ratio(row, floor) if table.ratios else None,
+                x_best_peer=table.ratio(row, best) if table.ratios else None,
+            )
+        item.update(extra=row.extra, note=row.note)
+        rows.append(item)
+    return {
+        "title": table.title,
+        "unit": table.unit,
+        "higher_is_better": table.higher_is_better,
+        "notes": table.notes,
+        "floor": floor.name if floor else None,
+        "best_peer": best.name if best else None,
+        "rows": rows,
+    }
+
+
+# -- timing helpers ------------------------------------------------------------------
+
+
+@contextmanager
+def gc_off() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def timed(run: Callable[[int], object], n: int) -> float:
+    """Seconds for ``run(n)``, the collector off."""
+    with gc_off():
+        start = perf()
+        run(n)
+        return perf() - start
+
+
+def calibrate(run: Callable[[int], object], seconds: float) -> int:
+    """An operation count for which ``run`` takes about ``seconds``."""
+    n = 16
+    while True:
+        elapsed = timed(run, n)
+        if elapsed >= seconds / 5 or n >= 1 << 26:
+            return max(1, int(n * seconds / max(elapsed, 1e-9)))
+        n *= 4
+
+
+def getput_loop(get: Callable[[], Any], put: Callable[[Any], None]) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        for _ in repeat(None, n):
+            put(get())
+
+    return run
+
+
+def jain(counts: list[int]) -> float:
+    """Jain's fairness index: 1.0 when every thread did as much, 1/n when one did all."""
+    total = sum(counts)
+    squares = sum(c * c for c in counts)
+    return total * total / (len(counts) * squares) if squares else 0.0
+
+
+# -- the floor and gocp --------------------------------------------------------------
+
+
+class FloorPool:
+    """The floor: a deque guarded by a threading.Condition, and nothing more."""
+
+    def __init__(self, size: int) -> None:
+        self._dq: deque[object] = deque(object() for _ in range(size))
+        self._cond = threading.Condition()
+
+    def get(self) -> object:
+        with self._cond:
+            while not self._dq:
+                self._cond.wait()
+            return self._dq.popleft()
+
+    def put(self, item: object) -> None:
+        with self._cond:
+            self._dq.append(item)
+            self._cond.notify()
+
+
+FLOOR_NAME = "floor: deque + threading.Condition"
+
+
+def floor_subject(size: int) -> Subject:
+    pool = FloorPool(size)
+    return Subject(FLOOR_NAME, pool.get, pool.put, lambda: None)
+
+
+def gocp_subject(size: int, address: tuple[str, int] = ("127.0.0.1", 9), **options: Any) -> Subject:
+    pool = gocp.new(address, size=size, **options)
+    return Subject("gocp", pool.get, pool.put, pool.close)
+
+
+def peer_rows(
+    table: Table,
+    make: Callable[[Peer], list[Subject]],
+    reason: Callable[[Peer], str | None],
+) -> list[tuple[Row, Subject]]:
+    """Build each installed peer's subjects; rows for the others say why not."""
+    built = []
+    for peer in PEERS:
+        why = peer.missing() or reason(peer)
+        if why:
+            table.rows.append(Row(peer.name, "peer", status=why))
+            continue
+        try:
+            subjects = make(peer)
+        except Exception as exc:
+            table.rows.append(Row(peer.name, "peer", status=f"error: {exc!r}"[:60]))
+            continue
+        for subject in subjects:
+            row = Row(subject.name, "peer", note=subject.note)
+            table.rows.append(row)
+            built.append((row, subject))
+    return built
+
+
+def close_all(subjects: list[tuple[Row, Subject]]) -> None:
+    for _row, subject in subjects:
+        try:
+            subject.close()
+        except Exception as exc:
+            print(f"   ({subject.name}: close failed: {exc!r})")
+
+
+def run_interleaved(
+    cfg: Settings,
+    subjects: list[tuple[Row, Subject]],
+    make_run: Callable[[Subject], Callable[[int], None]],
+    scale: float = 1e6,
+) -> None:
+    """Calibrate each subject's loop, then take ``cfg.repeats`` samples of each in turn."""
+    plans = []
+    for row, subject in subjects:
+        run = make_run(subject)
+        try:
+            run(200)  # warm up
+            n = calibrate(run, cfg.sample)
+        except Exception as exc:
+            row.status = f"error: {exc!r}"[:60]
+            continue
+        plans.append((row, run, n))
+    for _ in range(cfg.repeats):
+        for row, run, n in plans:
+            row.samples.append(timed(run, n) / n * scale)
+
+
+# -- scenario: uncontended get+put ---------------------------------------------------
+
+
+def scenario_uncontended(cfg: Settings) -> list[Table]:
+    table = Table(
+        "uncontended",
+        "uncontended get+put: pool of 8, 1 thread",
+        "us/op",
+        notes=[f"{cfg.repeats} samples of ~{cfg.sample * 1000:.0f} ms each per subject, gc off"],
+    )
+    ctx_pool = gocp.new(("127.0.0.1", 9), size=8)
+    ctx_name = "gocp, with pool.connection() (context manager)"
+    ctx = Subject(ctx_name, ctx_pool.get, ctx_pool.put, ctx_pool.close)
+    subjects: list[tuple[Row, Subject]] = [
+        (Row(FLOOR_NAME, "floor"), floor_subject(8)),
+        (Row("gocp", "gocp"), gocp_subject(8)),
+        (Row(ctx_name, "info"), ctx),
+    ]
+    table.rows += [row for row, _subject in subjects]
+    subjects += peer_rows(table, lambda p: [p.dummy(8)], lambda p: None)
+
+    def make_run(subject: Subject) -> Callable[[int], None]:
+        if subject is not ctx:
+            return getput_loop(subject.get, subject.put)
+        connection = ctx_pool.connection
+
+        def run(n: int) -> None:
+            for _ in repeat(None, n):
+                with connection():
+                    pass
+
+        return run
+
+    try:
+        run_interleaved(cfg, subjects, make_run)
+    finally:
+        close_all(subjects)
+    return [table]
+
+
+# -- scenario: 16 threads on a pool of 4 ---------------------------------------------
+
+
+def run_threads(
+    subject: Subject, threads: int, seconds: float, time_gets: bool
+) -> tuple[list[int], float, list[float]]:
+    """``threads`` threads doing get+put for ``seconds``: (ops per thread, wall time, waits)."""
+    get, put = subject.get, subject.put
+    stop = False
+    barrier = threading.Barrier(threads + 1)
+    counts = [0] * threads
+    ends = [0.0] * threads
+    waits: list[list[float]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+    batch = 16
+
+    def work(index: int) -> None:
+        done = 0
+        mine = waits[index]
+        try:
+            barrier.wait()
+            if time_gets:
+                clock = perf
+                while not stop:
+                    for _ in repeat(None, batch):
+                        start = clock()
+                        item = get()
+                        mine.append(clock() - start)
+                        put(item)
+                    done += batch
+            else:
+                while not stop:
+                    for _ in repeat(None, batch):
+                        put(get())
+                    done += batch
+        except BaseException as exc:
+            errors.append(exc)
+        counts[index] = done
+        ends[index] = perf()
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    with gc_off():
+        barrier.wait()
+        start = perf()
+        time.sleep(seconds)
+        stop = True
+        for worker in workers:
+            worker.join(seconds + 30.0)
+    if errors or any(worker.is_alive() for worker in workers):
+        raise RuntimeError(f"{subject.name}: workers failed or hung: {errors[:1]!r}")
+    return counts, max(ends) - start, [w for mine in waits for w in mine]
+
+
+def fcfs_check(subject: Subject, size: int, callers: int = 8, gap: float = 0.005) -> str:
+    """Queue ``callers`` one by one on an exhausted pool; see whether they are served in order.
+
+    Each caller takes a member, records itself, puts it back and asks again
+    (so a pool that lets the returning caller barge ahead of the queue shows
+    it). A FCFS pool serves 0..n-1 then 0..n-1.
+    """
+    held = [subject.get() for _ in range(size)]
+    served: list[int] = []
+
+    def caller(index: int) -> None:
+        for _ in range(2):
+            item = subject.get()
+            served.append(index)
+            subject.put(item)
+
+    threads = []
+    for index in range(callers):
+        thread = threading.Thread(target=caller, args=(index,), daemon=True)
+        thread.start()
+        threads.append(thread)
+        time.sleep(gap)  # let it queue before the next one comes (a benchmark may sleep)
+    subject.put(held.pop())
+    for thread in threads:
+        thread.join(10.0)
+    for item in held:
+        subject.put(item)
+    if any(thread.is_alive() for thread in threads):
+        return "hung"
+    expected = list(range(callers)) * 2
+    wrong = sum(a != b for a, b in zip(served, expected, strict=True))
+    return "yes" if not wrong else f"no ({wrong}/{len(expected)} out of turn)"
+
+
+def scenario_contended(cfg: Settings) -> list[Table]:
+    threads, size = 16, 4
+    table = Table(
+        "contended",
+        f"{threads} threads sharing a pool of {size}: get+put, wall time per operation",
+        "us/op",
+        notes=[
+            f"{cfg.repeats} samples of {cfg.contended_seconds:.2f} s per subject, gc off; "
+            "us/op = wall time / all threads' operations; switch interval "
+            f"{sys.getswitchinterval() * 1000:g} ms",
+            "jain: fairness of per-thread op counts (1 = even); worst/p99: wait in get, "
+            f"from {cfg.fairness_runs} run(s) timing each get; fcfs: queue-order check",
+        ],
+        columns=[
+            ("mops", "Mop/s", ".3f"),
+            ("jain", " jain", ".3f"),
+            ("worst_ms", "worst ms", ".2f"),
+            ("p99_us", " p99 us", ".1f"),
+            ("fcfs", "fcfs", ""),
+        ],
+    )
+    subjects: list[tuple[Row, Subject]] = []
+    for name, kind, subject in (
+        (FLOOR_NAME, "floor", floor_subject(size)),
+        ("gocp", "gocp", gocp_subject(size)),
+    ):
+        row = Row(name, kind)
+        table.rows.append(row)
+        subjects.append((row, subject))
+    subjects += peer_rows(table, lambda p: [p.dummy(size)], lambda p: p.no_waiting)
+    live = []
+    try:
+        for row, subject in subjects:
+            try:
+                for _ in range(100):
+                    subject.put(subject.get())
+                run_threads(subject, threads, min(0.05, cfg.contended_seconds), False)
+                row.extra["fcfs"] = fcfs_check(subject, size)
+            except Exception as exc:
+                row.status = f"error: {exc!r}"[:60]
+                continue
+            live.append((row, subject))
+        for _ in range(cfg.repeats):
+            for row, subject in live:
+                counts, wall, _ = run_threads(subject, threads, cfg.contended_seconds, False)
+                total = sum(counts)
+                row.samples.append(wall / total * 1e6)
+                row.extra.setdefault("_mops", []).append(total / wall / 1e6)
+                row.extra.setdefault("_jain", []).append(jain(counts))
+        for _ in range(cfg.fairness_runs):
+            for row, subject in live:
+                _, _, waits = run_threads(subject, threads, cfg.contended_seconds, True)
+                waits.sort()
+                worst = row.extra.get("worst_ms", 0.0)
+                row.extra["worst_ms"] = max(worst, waits[-1] * 1000)
+                p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))] * 1e6
+                row.extra.setdefault("_p99", []).append(p99)
+    finally:
+        close_all(subjects)
+    for row in table.rows:
+        if "_mops" in row.extra:
+            mops = row.extra.pop("_mops")
+            row.extra["mops"] = statistics.median(mops)
+            row.extra["jain"] = statistics.median(row.extra.pop("_jain"))
+        if "_p99" in row.extra:
+            row.extra["p99_us"] = statistics.median(row.extra.pop("_p99"))
+    return [table]
+
+
+# -- the echo server (a subprocess) --------------------------------------------------
+
+_ECHO_SERVER = r"""
+import os, socket, sys, threading
+threading.stack_size(256 * 1024)
+
+def serve(conn):
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+def accept(listener):
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", 0))
+listener.listen(4096)
+threading.Thread(target=accept, args=(listener,), daemon=True).start()
+print(listener.getsockname()[1], flush=True)
+sys.stdin.read()  # serve until the benchmark closes our stdin or exits
+os._exit(0)
+"""
+
+
+class EchoProcess:
+    """A blocking thread-per-connection echo server in a child process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _ECHO_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.address = ("127.0.0.1", int(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5.0)
+
+
+_echo: EchoProcess | None = None
+
+
+def echo_address() -> tuple[str, int]:
+    global _echo
+    if _echo is None:
+        _echo = EchoProcess()
+    return _echo.address
+
+
+def make_sock(address: tuple[str, int], timeout: float | None = IO_TIMEOUT) -> socket.socket:
+    """A socket configured as gocp configures its members (TCP_NODELAY, timeout)."""
+    sock = socket.create_connection(address, timeout=10.0)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(timeout)
+    return sock
+
+
+def close_socks(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.close()
+
+
+def rt_raw(sock: socket.socket, n: int) -> None:
+    for _ in repeat(None, n):
+        sock.sendall(MSG)
+        data = sock.recv(64)
+        got = len(data)
+        while got < 64:
+            data = sock.recv(64 - got)
+            if not data:
+                raise ConnectionError("echo server closed")
+            got += len(data)
+
+
+def rt_pooled(subject: Subject) -> Callable[[int], None]:
+    get, put, sock_of = subject.get, subject.put, subject.sock_of
+
+    def run(n: int) -> None:
+        for _ in repeat(None, n):
+            item = get()
+            sock = item if sock_of is None else sock_of(item)
+            sock.sendall(MSG)
+            data = sock.recv(64)
+            got = len(data)
+            while got < 64:
+                data = sock.recv(64 - got)
+                if not data:
+                    raise ConnectionError("echo server closed")
+                got += len(data)
+            put(item)
+
+    return run
+
+
+def run_rt_threads(runs: list[Callable[[int], None]], n: int) -> float:
+    """Each run in its own thread doing ``n`` round trips; the wall time in seconds."""
+    barrier = threading.Barrier(len(runs) + 1)
+    ends = [0.0] * len(runs)
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            barrier.wait()
+            runs[index](n)
+        except BaseException as exc:
+            errors.append(exc)
+        ends[index] = perf()
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(runs))]
+    for worker in workers:
+        worker.start()
+    with gc_off():
+        barrier.wait()
+        start = perf()
+        for worker in workers:
+            worker.join(120.0)
+    if errors:
+        raise errors[0]
+    return max(ends) - start
+
+
+def roundtrip_table(cfg: Settings, address: tuple[str, int], threads: int, size: int) -> Table:
+    table = Table(
+        f"roundtrip_{threads}",
+        f"echo round trip, {len(MSG)} B: {threads} thread{'s' if threads > 1 else ''}, "
+        f"pool of {size}",
+        "us/rt",
+        notes=[
+            "server: blocking thread-per-connection echo in a subprocess (no GIL sharing); "
+            f"every socket TCP_NODELAY, timeout {IO_TIMEOUT:g} s",
+            f"{cfg.repeats} samples of ~{cfg.rt_sample * 1000:.0f} ms per subject, gc off"
+            + ("; us/rt = wall time / all threads' round trips" if threads > 1 else ""),
+            f"floor: {threads} raw socket{'s' if threads > 1 else ''} held by the caller",
+        ],
+    )
+    # each subject: (row, one run function per thread, closer)
+    plans: list[tuple[Row, list[Callable[[int], None]], Callable[[], None]]] = []
+    for name, kind, timeout in (
+        (f"floor: raw socket (timeout {IO_TIMEOUT:g} s)", "floor", IO_TIMEOUT),
+        ("raw socket, blocking (no timeout)", "info", None),
+    ):
+        socks = [make_sock(address, timeout) for _ in range(threads)]
+        runs = [functools.partial(rt_raw, sock) for sock in socks]
+        row = Row(name, kind)
+        table.rows.append(row)
+        plans.append((row, runs, functools.partial(close_socks, socks)))
+    subject = gocp_subject(size, address)
+    row = Row("gocp", "gocp")
+    table.rows.append(row)
+    plans.append((row, [rt_pooled(subject)] * threads, subject.close))
+    for row, subject in peer_rows(
+        table,
+        lambda p: [p.sockets(size, address, functools.partial(make_sock, address))],
+        lambda p: p.no_sockets,
+    ):
+        plans.append((row, [rt_pooled(subject)] * threads, subject.close))
+    try:
+        sized = []
+        for row, runs, _close in plans:
+            try:
+                run_rt_threads(runs, 50)  # warm up: every member dials
+                n = 16
+                while (elapsed := run_rt_threads(runs, n)) < cfg.rt_sample / 5:
+                    n *= 4
+                n = max(1, int(n * cfg.rt_sample / elapsed))
+            except Exception as exc:
+                row.status = f"error: {exc!r}"[:60]
+                continue
+            sized.append((row, runs, n))
+        for _ in range(cfg.repeats):
+            for row, runs, n in sized:
+                row.samples.append(run_rt_threads(runs, n) / (n * len(runs)) * 1e6)
+    finally:
+        for _row, _runs, close in plans:
+            close()
+    return table
+
+
+def scenario_roundtrip(cfg: Settings) -> list[Table]:
+    address = echo_address()
+    return [roundtrip_table(cfg, address, 1, 8), roundtrip_table(cfg, address, 8, 8)]
+
+
+# -- scenario: lifecycle policies ----------------------------------------------------
+
+#: Options gocp may grow for lifecycle policies, with the values to bench them at.
+GOCP_LIFECYCLE = {
+    "heartbeat": 30.0,
+    "health_check": 30.0,
+    "idle_timeout": 600.0,
+    "max_idle": 600.0,
+    "max_lifetime": 3600.0,
+    "lifetime_jitter": 0.1,
+    "leak_timeout": 60.0,
+}
+
+
+def scenario_lifecycle(cfg: Settings) -> list[Table]:
+    table = Table(
+        "lifecycle",
+        "get+put with lifecycle policies on: pool of 8, 1 thread",
+        "us/op",
+        notes=[
+            "health checks are no-op callbacks: this is each pool's policy machinery; "
+            "'x plain' = over the same pool without the policies",
+        ],
+        columns=[("x_plain", "x plain", ".2f")],
+    )
+    subjects: list[tuple[Row, Subject]] = []
+    plain: dict[str, Subject] = {}
+    row = Row(FLOOR_NAME, "floor")
+    table.rows.append(row)
+    subjects.append((row, floor_subject(8)))
+    fields = {f.name for f in attrs.fields(gocp.Options)}
+    wanted = {k: v for k, v in GOCP_LIFECYCLE.items() if k in fields}
+    if wanted:
+        try:
+            row = Row(f"gocp ({', '.join(wanted)})", "gocp")
+            table.rows.append(row)
+            subjects.append((row, gocp_subject(8, **wanted)))
+            plain[row.name] = gocp_subject(8)
+        except Exception as exc:
+            row.status = f"error: {exc!r}"[:60]
+    else:
+        table.rows.append(Row("gocp", "gocp", status="n/a: gocp has no lifecycle policies yet"))
+    for row, subject in peer_rows(table, lambda p: p.lifecycle(8), lambda p: p.no_lifecycle):
+        subjects.append((row, subject))
+    for row, _subject in list(subjects[1:]):
+        peer = next((p for p in PEERS if row.name.startswith(p.name + " (")), None)
+        if peer is not None and row.name not in plain:
+            plain[row.name] = peer.dummy(8)
+    plain_rows = {name: Row(name, "info") for name in plain}
+    every = subjects + [(plain_rows[name], s) for name, s in plain.items()]
+    try:
+        run_interleaved(cfg, every, lambda s: getput_loop(s.get, s.put))
+    finally:
+        close_all(every)
+    for row in table.rows:
+        base = plain_rows.get(row.name)
+        if base is not None and base.samples and row.samples:
+            row.extra["x_plain"] = (row.median or 0.0) / (base.median or 1.0)
+    return [table]
+
+
+# -- scenario: pool size -------------------------------------------------------------
+
+
+def scenario_size(cfg: Settings) -> list[Table]:
+    small, big = 8, 1000
+    table = Table(
+        "size",
+        f"get+put cost on a pool of {big:,} over a pool of {small}, 1 thread",
+        "ratio",
+        ratios=False,
+        notes=[
+            f"every member created and cycled once before timing; {cfg.repeats} samples of each, "
+            "interleaved; median/min/max of the per-sample ratio",
+        ],
+        columns=[("small_us", f"us @{small}", ".2f"), ("big_us", f"us @{big}", ".2f")],
+    )
+    pairs: list[tuple[Row, Subject, Subject]] = []
+
+    def add(row: Row, make: Callable[[int], Subject]) -> None:
+        table.rows.append(row)
+        try:
+            pairs.append((row, make(small), make(big)))
+        except Exception as exc:
+            row.status = f"error: {exc!r}"[:60]
+
+    add(Row(FLOOR_NAME, "floor"), floor_subject)
+    add(Row("gocp", "gocp"), gocp_subject)
+    for peer in PEERS:
+        why = peer.missing()
+        if why:
+            table.rows.append(Row(peer.name, "peer", status=why))
+        else:
+            add(Row(peer.name, "peer"), peer.dummy)
+    sizes = {}
+    small_rows, big_rows = [], []
+    for row, s_small, s_big in pairs:
+        for subject, count in ((s_small, small), (s_big, big)):
+            held = [subject.get() for _ in range(count)]
+            for item in held:
+                subject.put(item)
+        sizes[row.name] = (Row(row.name, "info"), Row(row.name, "info"))
+        small_rows.append((sizes[row.name][0], s_small))
+        big_rows.append((sizes[row.name][1], s_big))
+    try:
+        # interleave small and big of each subject, sample by sample
+        every = [x for pair in zip(small_rows, big_rows, strict=True) for x in pair]
+        run_interleaved(cfg, every, lambda s: getput_loop(s.get, s.put))
+    finally:
+        close_all(small_rows + big_rows)
+    for row, _s, _b in pairs:
+        at_small, at_big = sizes[row.name]
+        if at_small.samples and at_big.samples:
+            row.samples = [b / s for s, b in zip(at_small.samples, at_big.samples, strict=True)]
+            row.extra["small_us"] = at_small.median
+            row.extra["big_us"] = at_big.median
+        else:
+            row.status = at_small.status or at_big.status or "error"
+    return [table]
+
+
+# -- scenario: memory per idle member ------------------------------------------------
+
+
+def _traced(build: Callable[[], Any]) -> tuple[float, Any]:
+    """Bytes still allocated after ``build()`` (which keeps its result alive)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        keep = build()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - base, keep
+    finally:
+        tracemalloc.stop()
+
+
+def _touch(sock: Any) -> None:
+    sock.sendall(b"x")
+    if sock.recv(1) != b"x":
+        raise ConnectionError("echo server did not answer")
+
+
+def scenario_memory(cfg: Settings) -> list[Table]:
+    address = echo_address()
+    count = cfg.members
+    table = Table(
+        "memory",
+        f"memory per idle member: pool of {count:,} members each holding a connected socket",
+        "B/member",
+        ratios=False,
+        notes=[
+            "tracemalloc bytes still allocated after building the pool and connecting every "
+            "member (one 1-byte echo each), / members; 'over socket' subtracts the floor",
+            "one measurement per subject (allocation counts barely vary)",
+        ],
+        columns=[("over", "over socket", ".0f")],
+    )
+
+    def sock_maker() -> socket.socket:
+        return make_sock(address)
+
+    def raw(n: int) -> list[socket.socket]:
+        socks = [sock_maker() for _ in range(n)]
+        for sock in socks:
+            _touch(sock)
+        return socks
+
+    def pooled(make: Callable[[int], Subject]) -> Callable[[int], Subject]:
+        def build(n: int) -> Subject:
+            subject = make(n)
+            held = [subject.get() for _ in range(n)]
+            for item in held:
+                _touch(item if subject.sock_of is None else subject.sock_of(item))
+            for item in held:
+                subject.put(item)
+            return subject
+
+        return build
+
+    def close_subject(subject: Subject) -> None:
+        subject.close()
+
+    candidates: list[tuple[Row, Callable[[int], Any], Callable[[Any], None]]] = [
+        (Row("floor: raw connected socket", "floor"), raw, close_socks),
+        (Row("gocp", "gocp"), pooled(lambda n: gocp_subject(n, address)), close_subject),
+    ]
+    for peer in PEERS:
+        why = peer.missing() or peer.no_sockets
+        if why:
+            table.rows.append(Row(peer.name, "peer", status=why))
+            continue
+        make = pooled(lambda n, p=peer: p.sockets(n, address, sock_maker))
+        candidates.append((Row(peer.name, "peer"), make, close_subject))
+    for row, build, close in candidates:
+        table.rows.append(row)
+        try:
+            close(build(4))  # warm up: lazy imports and caches are not the members' cost
+            used, keep = _traced(lambda build=build: build(count))
+            close(keep)
+        except Exception as exc:
+            row.status = f"error: {exc!r}"[:60]
+            continue
+        row.samples = [used / count]
+    table.rows.sort(key=lambda r: ("floor", "gocp", "peer").index(r.kind))
+    floor = table.floor()
+    for row in table.rows:
+        if floor is not None and row.samples and row is not floor:
+            row.extra["over"] = (row.median or 0.0) - (floor.median or 0.0)
+    return [table]
+
+
+# -- scenario: import time -----------------------------------------------------------
+
+
+def _wall(code: str) -> float:
+    start = perf()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return perf() - start
+
+
+def _importtime(module: str) -> tuple[int, list[tuple[int, str]]]:
+    """``-X importtime``: (cumulative us of ``module``, the imports it pulls in from outside).
+
+    The outside imports are the non-``module`` modules imported directly by
+    ``module`` or one of its submodules, with their cumulative time.
+    """
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    lines = []  # (cumulative us, level, name), children listed before their parent
+    for line in out.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)", line)
+        if match:
+            lines.append((int(match[2]), (len(match[3]) - 1) // 2, match[4]))
+    end = next((i for i, (_us, lvl, name) in enumerate(lines) if name == module and lvl == 0), -1)
+    if end < 0:
+        return 0, []
+    start = end
+    while start > 0 and lines[start - 1][1] > 0:
+        start -= 1
+    mine = module + "."
+    outside = []
+    for i in range(start, end):
+        us, level, name = lines[i]
+        if name.startswith(mine):
+            continue
+        parent = next(n for _u, lvl, n in lines[i + 1 : end + 1] if lvl < level)
+        if parent == module or parent.startswith(mine):
+            outside.append((us, name))
+    return lines[end][0], sorted(outside, reverse=True)[:5]
+
+
+def scenario_import(cfg: Settings) -> list[Table]:
+    table = Table(
+        "import",
+        "import time: python -c 'import X' minus python -c 'pass' (fresh interpreter)",
+        "ms",
+        ratios=False,
+        notes=[
+            f"{cfg.import_runs} runs each, interleaved; median/min/max of the differences; "
+            "'-X importtime' gives the module's own cumulative figure"
+        ],
+        columns=[("importtime_ms", "importtime ms", ".1f")],
+    )
+    modules = [("gocp", "gocp", "gocp")]
+    for peer in PEERS:
+        why = peer.missing()
+        if why:
+            table.rows.append(Row(peer.name, "peer", status=why))
+        elif peer.module not in [m for _n, _k, m in modules]:
+            modules.append((peer.name, "peer", peer.module))
+    rows = [Row(name, kind) for name, kind, _m in modules]
+    table.rows[0:0] = rows
+    _wall("pass")
+    for _ in range(cfg.import_runs):
+        for row, (_name, _kind, module) in zip(rows, modules, strict=True):
+            base = _wall("pass")
+            row.samples.append((_wall(f"import {module}") - base) * 1000)
+    runs = [_importtime("gocp") for _ in range(3)]
+    rows[0].extra["importtime_ms"] = statistics.median(r[0] for r in runs) / 1000
+    rows[0].extra["biggest"] = [
+        {"module": name, "cumulative_ms": us / 1000} for us, name in runs[0][1]
+    ]
+    table.notes.append(
+        "what gocp imports from outside (-X importtime, cumulative): "
+        + ", ".join(f"{name} {us / 1000:.1f} ms" for us, name in runs[0][1])
+    )
+    return [table]
+
+
+# -- targets -------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    source: str
+    text: str
+    value: float | None
+    limit: float
+    at_most: bool = True
+    unit: str = "x"
+    detail: str = ""
+    boolean: bool = False  # value 0.0 means yes, 1.0 no
+
+    @property
+    def result(self) -> str:
+        if self.value is None or math.isnan(self.value):
+            return "n/a"
+        ok = self.value <= self.limit if self.at_most else self.value >= self.limit
+        return "PASS" if ok else "FAIL"
+
+
+def _median(tables: dict[str, Table], key: str, name: str) -> float | None:
+    table = tables.get(key)
+    row = table.row(name) if table else None
+    return row.median if row and row.samples else None
+
+
+def _vs(tables: dict[str, Table], key: str, to: str) -> float | None:
+    table = tables.get(key)
+    if table is None:
+        return None
+    row = table.row("gocp")
+    other = table.floor() if to == "floor" else table.best_peer()
+    return table.ratio(row, other) if row else None
+
+
+def _inverse(value: float | None) -> float | None:
+    return 1.0 / value if value else None
+
+
+def targets(tables: dict[str, Table]) -> list[Target]:
+    out = [
+        Target("#2 (a)", "uncontended get+put vs floor", _vs(tables, "uncontended", "floor"), 2.0),
+        Target("#4", "uncontended get+put vs floor", _vs(tables, "uncontended", "floor"), 1.5),
+        Target(
+            "#4", "uncontended get+put vs fastest peer", _vs(tables, "uncontended", "peer"), 0.5
+        ),
+        Target("#4", "16 threads / 4 members vs floor", _vs(tables, "contended", "floor"), 3.0),
+        Target(
+            "#4",
+            "16 threads / 4 members: throughput vs fastest peer",
+            _inverse(_vs(tables, "contended", "peer")),
+            3.0,
+            at_most=False,
+        ),
+    ]
+    contended = tables.get("contended")
+    row = contended.row("gocp") if contended else None
+    if row is not None and "fcfs" in row.extra:
+        fcfs = row.extra["fcfs"]
+        out.append(
+            Target(
+                "#4",
+                "16 threads / 4 members: first come, first served",
+                0.0 if fcfs == "yes" else 1.0,
+                0.0,
+                unit="",
+                boolean=True,
+                detail=f"fcfs={fcfs}; worst wait {row.extra.get('worst_ms', math.nan):.2f} ms, "
+                f"p99 {row.extra.get('p99_us', math.nan):.1f} us, "
+                f"jain {row.extra.get('jain', math.nan):.3f}",
+            )
+        )
+    else:
+        out.append(
+            Target(
+                "#4", "16 threads / 4 members: first come, first served", None, 0.0, boolean=True
+            )
+        )
+    for threads in (1, 8):
+        ratio = _vs(tables, f"roundtrip_{threads}", "floor")
+        plural = "s" if threads > 1 else ""
+        out.append(
+            Target("#2 (c)", f"echo round trip, {threads} thread{plural}, vs raw", ratio, 1.10)
+        )
+        out.append(Target("#4", f"echo round trip, {threads} thread{plural}, vs raw", ratio, 1.05))
+    out.append(Target("#4", "pool of 1,000 vs pool of 8", _median(tables, "size", "gocp"), 1.1))
+    memory = tables.get("memory")
+    gocp_row = memory.row("gocp") if memory else None
+    over = gocp_row.extra.get("over") if gocp_row else None
+    out.append(Target("#4", "memory per idle member over the socket", over, 2048, unit=" B"))
+    out.append(Target("#4", "import gocp adds", _median(tables, "import", "gocp"), 50, unit=" ms"))
+    return out
+
+
+def print_targets(found: list[Target], tables: dict[str, Table]) -> None:
+    print("\n== targets (issues 2 and 4): a report, not an assertion")
+    print(f"   {'issue':<8}{'target':<54}{'gocp':>10}{'limit':>10}  result")
+    for target in found:
+        sign = "<=" if target.at_most else ">="
+        value = "-" if target.value is None else f"{target.value:.2f}{target.unit}"
+        if target.boolean:
+            value = "-" if target.value is None else ("yes" if target.value == 0 else "no")
+            limit = "yes"
+        else:
+            limit = f"{sign}{target.limit:g}{target.unit}"
+        print(f"   {target.source:<8}{target.text:<54}{value:>10}{limit:>10}  {target.result}")
+        if target.detail:
+            print(f"   {'':<8}  {target.detail}")
+    lifecycle = tables.get("lifecycle")
+    if lifecycle is not None:
+        row = lifecycle.row("gocp")
+        if row is not None and row.status:
+            print(f"   {'#4':<8}{'lifecycle policies on':<54}{'n/a':>10}{'-':>10}  ({row.status})")
+    contended = tables.get("contended")
+    if contended is not None and contended.row("gocp") is not None:
+        print(
+            f"   {'#2 (b)':<8}{'16 threads / 4 members vs floor (no limit set)':<54}"
+            f"{_fmt(_vs(tables, 'contended', 'floor')):>9}x{'-':>10}  reported"
+        )
+
+
+# -- main ----------------------------------------------------------------------------
+
+RUNNERS: dict[str, Callable[[Settings], list[Table]]] = {
+    "uncontended": scenario_uncontended,
+    "contended": scenario_contended,
+    "roundtrip": scenario_roundtrip,
+    "lifecycle": scenario_lifecycle,
+    "size": scenario_size,
+    "memory": scenario_memory,
+    "import": scenario_import,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"scenarios to run, comma-separated or repeated: {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write every result to PATH as JSON")
+    parser.add_argument("--repeats", type=int, help="samples per subject (default 7, quick 3)")
+    args = parser.parse_args(argv)
+    only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}; pick from {', '.join(SCENARIOS)}")
+    args.only = [name for name in SCENARIOS if name in only] if only else list(SCENARIOS)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = Settings.make(args.quick)
+    if args.repeats:
+        cfg = dataclasses.replace(cfg, repeats=args.repeats)
+    started = perf()
+    meta = {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "gocp": gocp.__version__,
+        "quick": cfg.quick,
+        "repeats": cfg.repeats,
+        "peers": {p.name: (p.missing() or p.version()) for p in PEERS},
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    print(
+        f"gocp {meta['gocp']} bench: {meta['implementation']} {meta['python']}, "
+        f"{meta['platform']}, {meta['cpus']} CPUs{', quick' if cfg.quick else ''}"
+    )
+    print("peers: " + "; ".join(f"{name} {v}" for name, v in meta["peers"].items()))
+    load = meta["load_average"]
+    if load is not None:
+        busy = load[0] > 0.5
+        print(
+            f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+            + ("  (the machine is busy: expect noisy figures)" if busy else "")
+        )
+    tables: dict[str, Table] = {}
+    try:
+        for name in args.only:
+            t0 = perf()
+            try:
+                produced = RUNNERS[name](cfg)
+            except Exception as exc:
+                print(f"\n== {name}: failed: {exc!r}")
+                continue
+            for table in produced:
+                tables[table.key] = table
+                print_table(table)
+            print(f"   ({name}: {perf() - t0:.1f} s)")
+    finally:
+        if _echo is not None:
+            _echo.close()
+    found = targets(tables)
+    print_targets(found, tables)
+    print(f"\ntotal {perf() - started:.1f} s")
+    if args.json:
+        document = {
+            "meta": meta,
+            "scenarios": {key: table_json(table) for key, table in tables.items()},
+            "targets": [
+                {
+                    "source": t.source,
+                    "target": t.text,
+                    "value": t.value,
+                    "limit": t.limit,
+                    "at_most": t.at_most,
+                    "unit": t.unit.strip(),
+                    "detail": t.detail,
+                    "result": t.result,
+                }
+                for t in found
+            ],
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
