@@ -102,11 +102,13 @@ class Backoff:
 
     def failed(self, now: float, started: float, error: BaseException | None = None) -> float:
         """Record a dial that began at ``started`` and failed at ``now``; return the wait."""
-        self.probing = False
         if started < self.failed_at:
             # This dial began before the last counted failure was known: it
             # overlapped that one, and the server's state is already counted.
+            # It cannot be the probe (a probe starts after that failure's
+            # window), so a probe in flight goes on.
             return self.wait(now)
+        self.probing = False
         self.failures += 1
         self.failed_at = now
         self.last_error = error

@@ -252,3 +252,65 @@ def test_backoff_model(b, steps):
             assert math.isclose(delay, exact, rel_tol=1e-9, abs_tol=1e-12)
             assert backoff.wait(now) == delay
         assert backoff.failures == expected_failures
+
+
+# -- begin(): one probe at a time while the address is failing -----------------------------
+
+
+def test_begin_lets_everyone_dial_while_healthy():
+    backoff = Backoff(0.1, 1.0, random=Draws(0.0))
+    assert [backoff.begin(0.0) for _ in range(5)] == [0.0] * 5
+    assert backoff.probing is False
+
+
+def test_begin_one_probe_after_the_window():
+    backoff = Backoff(0.1, 1.0, random=Draws(0.0))
+    backoff.failed(now=10.0, started=9.9)
+    assert backoff.begin(10.05) == pytest.approx(0.05)  # still in the window
+    assert backoff.probing is False
+    assert backoff.begin(10.1) == 0.0  # the probe
+    assert backoff.probing is True
+    # Others wait for its outcome, retry_min at a time.
+    assert backoff.begin(10.1) == pytest.approx(0.1)
+    assert backoff.begin(10.5) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("outcome", ["failed", "succeeded", "abandoned"])
+def test_the_probes_outcome_ends_it(outcome):
+    backoff = Backoff(0.1, 1.0, random=Draws(0.0))
+    backoff.failed(now=10.0, started=9.9)
+    assert backoff.begin(10.2) == 0.0
+    if outcome == "failed":
+        assert backoff.failed(now=10.3, started=10.2) == pytest.approx(0.2)
+        assert backoff.begin(10.3) == pytest.approx(0.2)  # the next window
+        assert backoff.begin(10.5) == 0.0  # then the next probe
+    elif outcome == "succeeded":
+        backoff.succeeded()
+        assert [backoff.begin(10.3) for _ in range(3)] == [0.0] * 3  # healthy again
+    else:
+        backoff.abandoned()
+        assert backoff.failures == 1
+        assert backoff.begin(10.3) == 0.0  # a new probe may start
+        assert backoff.probing is True
+
+
+def test_an_overlapping_failure_does_not_end_the_probe():
+    # Two members dialled together while the server was healthy; one failed (counted),
+    # the window passed and a probe began; then the other, older dial fails too.
+    backoff = Backoff(0.1, 1.0, random=Draws(0.0))
+    backoff.failed(now=10.0, started=9.0)
+    assert backoff.begin(10.2) == 0.0  # the probe
+    backoff.failed(now=10.3, started=9.0)  # the old dial: overlapped, counted already
+    assert backoff.failures == 1
+    assert backoff.probing is True
+    assert backoff.begin(10.3) == pytest.approx(0.1)  # still one probe in flight
+
+
+def test_begin_with_no_wait_never_waits():
+    backoff = Backoff(1.0, 10.0, random=Draws(0.5))
+    backoff.failed(now=0.0, started=0.0)
+    set_no_wait(True)
+    try:
+        assert [backoff.begin(0.0) for _ in range(3)] == [0.0] * 3
+    finally:
+        set_no_wait(False)

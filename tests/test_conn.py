@@ -261,6 +261,51 @@ def test_backoff_grows_while_down_and_resets_after_success(echo_server):
             pool.put(conn)
 
 
+def test_one_probe_at_a_time_while_the_server_is_failing():
+    # Dials to a full accept queue hang until dial_timeout: a probe stays in flight
+    # long enough to see that the other member does not dial meanwhile.
+    with (
+        full_listener() as address,
+        gocp.new(address, size=2, dial_timeout=0.5, retry_min=0.01, retry_max=0.02) as pool,
+    ):
+        prober, other = pool.get(), pool.get()
+        try:
+            with pytest.raises(gocp.DialError):
+                prober.sendall(b"x")  # the first failure: the address is now failing
+            assert pool.stats().dial_failures == 1
+            probe_done = threading.Event()
+
+            def probe() -> None:
+                # Retry through the short window until one attempt really dials.
+                def probed() -> bool:
+                    try:
+                        prober.sendall(b"x")
+                    except gocp.DialError:
+                        return pool.stats().dial_failures == 2
+                    return False
+
+                wait_until(probed, timeout=5)
+                probe_done.set()
+
+            thread = threading.Thread(target=probe)
+            thread.start()
+            try:
+                assert wait_until(lambda: pool.stats().dials == 2, timeout=5)
+                started = time.monotonic()
+                with pytest.raises(gocp.DialError, match="probing") as info:
+                    other.sendall(b"x")
+                assert time.monotonic() - started < 0.25  # no dial of its own
+                assert info.value.retry_in == pytest.approx(0.01)
+                assert pool.stats().dials == 2
+            finally:
+                thread.join(5)
+            assert probe_done.is_set()
+            assert pool.stats().dial_failures == 2
+        finally:
+            pool.put(prober)
+            pool.put(other)
+
+
 def test_unresolvable_host_is_dial_error():
     with gocp.new("gocp-test.invalid:80", size=1, **FAST_RETRY) as pool, lent(pool) as conn:
         with pytest.raises(gocp.DialError) as info:
