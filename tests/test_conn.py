@@ -440,6 +440,26 @@ def test_peer_close_mid_request_raises_never_returns_empty(rr_server):
         assert rr_server.applied_counts() == {"req-1": 1, "req-2": 1, "req-3": 1}
 
 
+@pytest.mark.parametrize("op", ["send", "sendall", "recv", "recv_into"])
+def test_every_operation_raises_connection_broken_after_a_reset(echo_server, op):
+    with gocp.new(echo_server.address, size=1) as pool, lent(pool) as conn:
+        assert round_trip(conn) == b"ping"
+        echo_server.kill_connections(reset=True)
+        call = {
+            "send": lambda: conn.send(b"x"),
+            "sendall": lambda: conn.sendall(b"x"),
+            "recv": lambda: conn.recv(16),
+            "recv_into": lambda: conn.recv_into(bytearray(16)),
+        }[op]
+        with pytest.raises(gocp.ConnectionBroken) as info:
+            call()
+        assert isinstance(info.value.__cause__, (ConnectionResetError, BrokenPipeError))
+        assert op in str(info.value)
+        assert conn.socket is None
+        assert pool.stats().broken == 1
+        assert round_trip(conn, b"back") == b"back"
+
+
 def test_recv_after_server_kill_raises(echo_server):
     with gocp.new(echo_server.address, size=1) as pool, lent(pool) as conn:
         assert round_trip(conn) == b"ping"

@@ -651,3 +651,53 @@ def test_repr_shows_counts(echo_server):
         assert "closed" not in text
         pool.put(conn)
     assert "closed" in repr(pool)
+
+
+def test_connection_context_is_single_use():
+    with gocp.new(unused_address(), size=1) as pool:
+        lend = pool.connection(timeout=0)
+        with lend as conn:
+            assert pool.stats().in_use == 1
+        with pytest.raises(RuntimeError, match="once"), lend:
+            pass
+        assert pool.stats().in_use == 0
+        assert pool.get(timeout=0) is conn
+        pool.put(conn)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_get_interrupted_while_queued_leaves_the_queue():
+    """A signal handler raising in a caller blocked in ``get``: the pool stays whole."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread only")
+    import signal
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with gocp.new(unused_address(), size=1) as pool:
+            held = pool.get()
+
+            def interrupt() -> None:
+                assert wait_until(lambda: pool.stats().waiting == 1, timeout=5)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+            worker = Worker(interrupt).start()
+            started = time.monotonic()
+            with pytest.raises(Interrupted):
+                pool.get(timeout=10)
+            assert time.monotonic() - started < 5
+            worker.join()
+            assert worker.error is None
+            stats = pool.stats()
+            assert (stats.waiting, stats.in_use, stats.idle) == (0, 1, 0)
+            pool.put(held)
+            assert pool.get(timeout=0) is held  # not handed to the departed waiter
+            pool.put(held)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
