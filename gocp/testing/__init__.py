@@ -1,5 +1,6 @@
 """gocp.testing: loopback servers and fault injection for tests of code that uses gocp."""
 
+from ._proxy import FaultProxy, ProxyEvent, no_backoff
 from ._servers import EchoServer, RequestReplyServer
 
-__all__ = ["EchoServer", "RequestReplyServer"]
+__all__ = ["EchoServer", "FaultProxy", "ProxyEvent", "RequestReplyServer", "no_backoff"]
