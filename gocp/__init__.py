@@ -16,7 +16,7 @@ from ._errors import (
     PoolClosed,
     PoolTimeout,
 )
-from ._pool import Pool, new
+from ._pool import Lend, Pool, new
 from ._stats import PoolStats
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "DialError",
     "Error",
     "IOTimeout",
+    "Lend",
     "Options",
     "PersistentConn",
     "Pool",
