@@ -130,6 +130,11 @@ class Soak:
         serial = 0
         try:
             while not self.stop.is_set():
+                if rng.random() < 0.5:
+                    # Think time (pacing, not waiting for anything): without it twelve
+                    # workers keep a queue in front of six members, and a member put back
+                    # would always go straight to a waiter, never to the idle ring.
+                    self.stop.wait(rng.uniform(0, 0.004))
                 timeout = rng.choice(GET_TIMEOUTS)
                 try:
                     conn = self.timed(
