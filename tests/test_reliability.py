@@ -1049,9 +1049,11 @@ def test_sliced_stream_through_the_proxy(echo_server, echo_proxy):
                 pieces += 1
             assert received == payload
             assert pieces > 16, f"1 MiB in 1000-byte writes arrived in {pieces} reads"
+        # Chunks of more than 1000 bytes were written in pieces (the echoed stream may
+        # come back from the server in chunks small enough to need no slicing).
         slices = [e for e in echo_proxy.events if e.what == "slice"]
-        assert {e.direction for e in slices} == {"up", "down"}
-        assert all(e.pieces >= e.nbytes // 1000 for e in slices)
+        assert slices
+        assert all(e.pieces == -(-e.nbytes // 1000) for e in slices), slices[:3]
         assert_full_pool(pool, echo_round_trip)
 
 
