@@ -814,6 +814,8 @@ def test_close_never_touches_lent_members():
         try:
             peer, _ = listener.accept()  # the holder's dial
             with peer:
+                # accept() can return before the holder's thread has stored its socket.
+                assert wait_until(lambda: conn.connected, 5.0)
                 assert wait_until(lambda: pool.stats().waiting == 1, 5.0)
                 with within(0.0, margin=0.5):
                     pool.close()
