@@ -525,6 +525,7 @@ def test_partial_writes_and_reads_of_a_mebibyte(echo_server):
             echo_round_trip(conn)  # dials
             assert conn.socket is not None
             conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
 
             view, sent, calls = memoryview(payload), 0, 0
             while sent < len(payload):
@@ -1037,20 +1038,15 @@ def test_stalled_write_through_the_proxy(rr_server, rr_proxy):
 
 def test_sliced_stream_through_the_proxy(echo_server, echo_proxy):
     """The proxy forwards in writes of at most 1000 bytes each way: a 1 MiB ``sendall``
-    arrives intact and ``recv`` returns it in many short pieces."""
+    arrives intact, read back with a recv loop."""
     echo_proxy.set_slice(1000, direction="both")
     payload = random.Random(11).randbytes(1 << 20)
     with gocp.new(echo_proxy.address, size=2, io_timeout=5) as pool:
         with pool.connection(timeout=0) as conn:
             conn.sendall(payload)
-            received, pieces = bytearray(), 0
-            while len(received) < len(payload):
-                chunk = conn.recv(len(payload) - len(received))
-                assert len(chunk) <= len(payload)
-                received += chunk
-                pieces += 1
-            assert received == payload
-            assert pieces > 16, f"1 MiB in 1000-byte writes arrived in {pieces} reads"
+            # How many reads it takes depends on how much piled up in the receive
+            # buffer meanwhile; what matters is that the recv loop gets every byte.
+            assert recv_exactly(conn, len(payload)) == payload
         # Chunks of more than 1000 bytes were written in pieces (the echoed stream may
         # come back from the server in chunks small enough to need no slicing).
         slices = [e for e in echo_proxy.events if e.what == "slice"]
