@@ -67,8 +67,9 @@ class Options:
       exponential wait between failed dials (see ``gocp._backoff``).
     - ``nodelay`` (True): set ``TCP_NODELAY`` (no Nagle delay on small writes).
     - ``keepalive`` (30.0): TCP keepalive; seconds of silence before the
-      kernel probes the peer (then every ``keepalive / 3`` s, 3 probes).
-      ``None`` turns keepalive off.
+      kernel probes the peer (then every ``keepalive / 3`` s, 3 probes); on
+      Linux the same total bounds unacknowledged sent data
+      (``TCP_USER_TIMEOUT``). ``None`` turns both off.
     """
 
     __module__ = "gocp"

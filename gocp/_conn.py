@@ -241,9 +241,16 @@ class PersistentConn:
         if options.keepalive is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             idle = max(1, int(options.keepalive))
-            values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": max(1, idle // 3), "TCP_KEEPCNT": 3}
+            interval = max(1, idle // 3)
+            values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": interval, "TCP_KEEPCNT": 3}
             for name in _SO_KEEPALIVE_OPTS:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), values[name])
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                # Keepalive never probes while sent data waits for an ACK: bound that
+                # too, so a request in flight to a vanished peer fails within the
+                # same idle + 3 probes instead of the ~15 min retransmission limit.
+                limit_ms = (idle + 3 * interval) * 1000
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, limit_ms)
         sock.settimeout(self._timeout)
 
     def _broke(self, op: str, exc: OSError | None) -> ConnectionBroken:
@@ -259,7 +266,9 @@ class PersistentConn:
             error = ConnectionBroken(
                 f"{op} on {address}: peer closed the connection", address=address
             )
-        elif isinstance(exc, TimeoutError):
+        elif isinstance(exc, TimeoutError) and exc.errno is None:
+            # Python's own socket timeout (errno None), not the kernel's ETIMEDOUT,
+            # which means the peer stopped answering keepalive or acknowledgements.
             error = IOTimeout(
                 f"{op} on {address}: no progress within {self._timeout}s; connection dropped",
                 address=address,

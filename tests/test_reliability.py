@@ -475,12 +475,6 @@ def test_half_open_peer_in_a_private_network_namespace():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="gocp bug: keepalive does not bound a request in flight to a vanished peer when "
-    "io_timeout=None (kernel keepalive never probes while data is unacknowledged; gocp sets "
-    "no TCP_USER_TIMEOUT), so recv blocks for the ~15 min retransmission timeout",
-)
 def test_half_open_peer_with_a_request_in_flight_is_caught_by_keepalive():
     """With ``io_timeout=None`` and ``keepalive=1`` a user expects a vanished peer to be
     detected within about keepalive + 3 probes, also while a request is unanswered. In the
@@ -497,11 +491,6 @@ def test_half_open_peer_with_a_request_in_flight_is_caught_by_keepalive():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="gocp bug: a kernel ETIMEDOUT (keepalive, TCP_USER_TIMEOUT) is raised as IOTimeout "
-    "with the message 'no progress within Nones' although io_timeout=None never ran out",
-)
 def test_keepalive_timeout_message_names_the_real_cause():
     """ETIMEDOUT from the kernel means a dead peer, not ``io_timeout`` running out (it is
     None here): the error must say so instead of quoting a timeout of None."""
