@@ -87,15 +87,15 @@ def _script(server: EchoServer, seconds: float) -> list[tuple[float, str, Callab
 
     return [
         (
-            seconds * 0.20,
+            seconds * 0.15,
             "reset every connection (RST mid-request)",
             lambda: server.kill_connections(reset=True),
         ),
-        (seconds * 0.35, "server stops: outage begins", outage),
-        (seconds * 0.45, "server back on the same port", back),
-        (seconds * 0.65, "server restarts (close + re-bind)", server.restart),
+        (seconds * 0.30, "server stops: outage begins", outage),
+        (seconds * 0.40, "server back on the same port", back),
+        (seconds * 0.55, "server restarts (close + re-bind)", server.restart),
         (
-            seconds * 0.80,
+            seconds * 0.70,
             "reset every connection again",
             lambda: server.kill_connections(reset=True),
         ),
