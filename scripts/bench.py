@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """gocp side by side with its floor and with other Python pools, in one process.
 
-    .venv/bin/python scripts/bench.py                 # everything (about 2-3 minutes)
+    .venv/bin/python scripts/bench.py                 # everything (about 1.5 minutes on 2 cores)
     .venv/bin/python scripts/bench.py --quick         # a smoke run (under 30 s)
     .venv/bin/python scripts/bench.py --only uncontended,roundtrip --json out.json
+    .venv/bin/python scripts/bench.py --only roundtrip --server threads
 
 Scenarios (issue 4; the targets of issues 2 and 4 are checked at the end):
 
@@ -17,10 +18,14 @@ Scenarios (issue 4; the targets of issues 2 and 4 are checked at the end):
   returning caller barge ahead serves it twice in a row).
 - ``roundtrip``: a 64-byte echo through a pooled member, 1 thread on a pool of
   8 and 8 threads on a pool of 8; the floor is a raw socket held by the
-  caller (8 threads: 8 raw sockets). The echo server is a blocking
-  thread-per-connection server in a subprocess, so it never competes with
-  the client for the GIL. Every socket (raw, gocp's, the peers') has
-  ``TCP_NODELAY`` and a 30 s timeout, as gocp's members have by default.
+  caller (8 threads: 8 raw sockets). The echo server runs in a subprocess,
+  so it never competes with the client for the GIL: by default one
+  selector thread for all connections (``--server threads``: a blocking
+  thread per connection, which makes a pool that lends its members in turn
+  pay for waking a different server thread on every request; the
+  "raw sockets used in turn" row shows that cost without any pool). Every
+  socket (raw, gocp's, the peers') has ``TCP_NODELAY`` and a 30 s timeout,
+  as gocp's members have by default.
 - ``lifecycle``: get+put with the pool's health-check and lifetime policies
   on; the check itself is a no-op callback, so what is timed is the pool's
   machinery. gocp is "n/a" until ``gocp.Options`` grows such options.
@@ -34,10 +39,14 @@ Method: every figure is the median of several samples (min and max shown);
 samples of the different subjects are interleaved so drift hits them alike.
 A sample is one ``time.perf_counter`` interval around a batch of many
 operations (about 50 ms; 16-thread samples 0.25 s). The garbage collector
-is disabled during timed loops. Ratios: "x floor" divides by the floor of
-the same table, "x best" by the best peer of the same table (the fastest,
-or for throughput the highest). This is a report: it exits 0 whatever the
-figures say.
+is disabled during timed loops (it has next to nothing to collect there, and
+a collection landing in one sample but not another is pure noise). Rows whose
+samples spread more than 1.5x (max over min) are marked "~": on a machine
+shared with other work, read those medians with care. Ratios: "x floor"
+divides by the floor of the same table, "x best" by the best peer of the
+same table (the fastest, or for throughput the highest); the targets table
+also gives each ratio from the fastest samples ("by min"). This is a
+report: it exits 0 whatever the figures say.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import cycle, islice, repeat
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +101,7 @@ class Settings:
     rt_repeats: int  # round-trip samples per subject (more, shorter: loopback is noisy)
     members: int  # the memory scenario's pool size
     import_runs: int
+    server: str = "epoll"  # the echo server's kind, a key of SERVERS
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
@@ -561,12 +571,10 @@ def scenario_contended(cfg: Settings) -> list[Table]:
 # -- the echo server (a subprocess) --------------------------------------------------
 
 _ECHO_SERVER = r"""
-import os, socket, sys, threading
-threading.stack_size(256 * 1024)
+import os, selectors, socket, sys, threading
 
-def serve(conn):
+def serve(conn):  # threads mode: one blocking thread per connection
     try:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
             data = conn.recv(65536)
             if not data:
@@ -577,28 +585,53 @@ def serve(conn):
     finally:
         conn.close()
 
-def accept(listener):
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("127.0.0.1", 0))
 listener.listen(4096)
-threading.Thread(target=accept, args=(listener,), daemon=True).start()
 print(listener.getsockname()[1], flush=True)
-sys.stdin.read()  # serve until the benchmark closes our stdin or exits
-os._exit(0)
+sel = selectors.DefaultSelector()
+sel.register(listener, selectors.EVENT_READ)
+sel.register(sys.stdin, selectors.EVENT_READ)  # EOF: the benchmark is done (or died)
+threads = sys.argv[1] == "threads"
+threading.stack_size(256 * 1024)
+while True:
+    for key, _ in sel.select():
+        sock = key.fileobj
+        if sock is sys.stdin:
+            os._exit(0)
+        if sock is listener:
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if threads:
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+            else:
+                sel.register(conn, selectors.EVENT_READ)
+            continue
+        try:
+            data = sock.recv(65536)
+            if data:
+                sock.sendall(data)
+                continue
+        except OSError:
+            pass
+        sel.unregister(sock)
+        sock.close()
 """
+
+SERVERS = {
+    "epoll": "a single-threaded selector echo server in a subprocess",
+    "threads": "a blocking thread-per-connection echo server in a subprocess",
+}
 
 
 class EchoProcess:
-    """A blocking thread-per-connection echo server in a child process."""
+    """The echo server, in a child process so that it never competes for our GIL."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _ECHO_SERVER],
+            [sys.executable, "-c", _ECHO_SERVER, mode],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -619,10 +652,10 @@ class EchoProcess:
 _echo: EchoProcess | None = None
 
 
-def echo_address() -> tuple[str, int]:
+def echo_address(mode: str) -> tuple[str, int]:
     global _echo
     if _echo is None:
-        _echo = EchoProcess()
+        _echo = EchoProcess(mode)
     return _echo.address
 
 
@@ -641,6 +674,19 @@ def close_socks(socks: list[socket.socket]) -> None:
 
 def rt_raw(sock: socket.socket, n: int) -> None:
     for _ in repeat(None, n):
+        sock.sendall(MSG)
+        data = sock.recv(64)
+        got = len(data)
+        while got < 64:
+            data = sock.recv(64 - got)
+            if not data:
+                raise ConnectionError("echo server closed")
+            got += len(data)
+
+
+def rt_raw_turns(socks: list[socket.socket], n: int) -> None:
+    """``n`` round trips, each on the next socket of ``socks`` in turn."""
+    for sock in islice(cycle(socks), n):
         sock.sendall(MSG)
         data = sock.recv(64)
         got = len(data)
@@ -705,7 +751,7 @@ def roundtrip_table(cfg: Settings, address: tuple[str, int], threads: int, size:
         f"pool of {size}",
         "us/rt",
         notes=[
-            "server: blocking thread-per-connection echo in a subprocess (no GIL sharing); "
+            f"server: {SERVERS[cfg.server]} (no GIL sharing); "
             f"every socket TCP_NODELAY, timeout {IO_TIMEOUT:g} s",
             f"{cfg.rt_repeats} samples of ~{cfg.rt_sample * 1000:.0f} ms per subject, gc off"
             + ("; us/rt = wall time / all threads' round trips" if threads > 1 else ""),
@@ -723,6 +769,14 @@ def roundtrip_table(cfg: Settings, address: tuple[str, int], threads: int, size:
         row = Row(name, kind)
         table.rows.append(row)
         plans.append((row, runs, functools.partial(close_socks, socks)))
+    if threads == 1:
+        # What a ring pool does to the server: each round trip on the next connection.
+        socks = [make_sock(address) for _ in range(size)]
+        row = Row(f"{size} raw sockets used in turn (as a ring pool lends them)", "info")
+        table.rows.append(row)
+        plans.append(
+            (row, [functools.partial(rt_raw_turns, socks)], functools.partial(close_socks, socks))
+        )
     subject = gocp_subject(size, address)
     row = Row("gocp", "gocp")
     table.rows.append(row)
@@ -756,7 +810,7 @@ def roundtrip_table(cfg: Settings, address: tuple[str, int], threads: int, size:
 
 
 def scenario_roundtrip(cfg: Settings) -> list[Table]:
-    address = echo_address()
+    address = echo_address(cfg.server)
     return [roundtrip_table(cfg, address, 1, 8), roundtrip_table(cfg, address, 8, 8)]
 
 
@@ -904,7 +958,7 @@ def _touch(sock: Any) -> None:
 
 
 def scenario_memory(cfg: Settings) -> list[Table]:
-    address = echo_address()
+    address = echo_address(cfg.server)
     count = cfg.members
     table = Table(
         "memory",
@@ -1257,6 +1311,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", metavar="PATH", help="write every result to PATH as JSON")
     parser.add_argument("--repeats", type=int, help="samples per subject (default 7, quick 3)")
+    parser.add_argument(
+        "--server",
+        choices=sorted(SERVERS),
+        default="epoll",
+        help="the echo server for round trips and memory: "
+        + "; ".join(f"{k}: {v}" for k, v in sorted(SERVERS.items())),
+    )
     args = parser.parse_args(argv)
     only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
     unknown = sorted(set(only) - set(SCENARIOS))
@@ -1270,7 +1331,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = Settings.make(args.quick)
+    cfg = dataclasses.replace(Settings.make(args.quick), server=args.server)
     if args.repeats:
         cfg = dataclasses.replace(cfg, repeats=args.repeats, rt_repeats=args.repeats)
     started = perf()
@@ -1282,6 +1343,7 @@ def main(argv: list[str] | None = None) -> int:
         "gocp": gocp.__version__,
         "quick": cfg.quick,
         "repeats": cfg.repeats,
+        "server": cfg.server,
         "peers": {p.name: (p.missing() or p.version()) for p in PEERS},
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
