@@ -53,6 +53,10 @@ def parse_address(address: object) -> Address:
         )
     if not host:
         raise ValueError(f"address: empty host in {address!r}")
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        raise ValueError(f"address: host {host!r} is not a valid host name ({exc})") from None
     return host, port
 
 

@@ -8,10 +8,13 @@ from typing import Any
 
 import attrs
 
-__all__ = ["MAX_SECONDS", "Options", "check_timeout"]
+__all__ = ["MAX_KEEPALIVE", "MAX_SECONDS", "Options", "check_timeout"]
 
 #: The longest duration the platform can wait on (sockets and locks overflow beyond it).
 MAX_SECONDS = threading.TIMEOUT_MAX
+
+#: The longest TCP keepalive idle time Linux accepts (TCP_KEEPIDLE).
+MAX_KEEPALIVE = 32767
 
 
 def _number(name: str, value: object) -> float:
@@ -82,6 +85,11 @@ class Options:
     keepalive: float | None = attrs.field(default=30.0, validator=_seconds(optional=True))
 
     def __attrs_post_init__(self) -> None:
+        if self.keepalive is not None and self.keepalive > MAX_KEEPALIVE:
+            raise ValueError(
+                f"keepalive: must be at most {MAX_KEEPALIVE} seconds (the kernel's limit), "
+                f"got {self.keepalive!r}"
+            )
         if self.retry_max < self.retry_min:
             raise ValueError(
                 f"retry_max: must be >= retry_min ({self.retry_min!r}), got {self.retry_max!r}"

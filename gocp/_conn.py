@@ -67,6 +67,7 @@ class PersistentConn:
         "__weakref__",
         "_aborted",
         "_fresh",
+        "_holder",
         "_lent",
         "_mutex",
         "_pool",
@@ -81,6 +82,7 @@ class PersistentConn:
         self._lent = False
         self._fresh = False  # lent and not yet used since: check for staleness first
         self._aborted = False  # abort() shut the current socket down
+        self._holder = 0  # thread ident of the last borrower (for fork)
         self._sock: Socket | None = None
         self._timeout = pool.options.io_timeout
         self._mutex = threading.Lock()  # orders _drop against abort(); never held during I/O
@@ -97,8 +99,11 @@ class PersistentConn:
         """The live socket, or ``None`` while disconnected (Go's ``OriginalConn``).
 
         Use it for options or for I/O the member does not wrap; do not close it
-        (call ``Pool.put(conn, broken=True)`` instead).
+        (call ``Pool.put(conn, broken=True)`` instead). Touching it counts as
+        using the member: a ``with pool.connection()`` block that then raises
+        puts the member back broken.
         """
+        self._fresh = False
         return self._sock
 
     @property
@@ -212,27 +217,24 @@ class PersistentConn:
         pool = self._pool
         options = pool.options
         started = pool._dial_permit(self)
-        deadline = started + options.dial_timeout
+        # From the permit on, every path reports an outcome, or the probe would stick.
         try:
-            sock = _connect(pool.address, deadline)
+            sock = _connect(pool.address, started + options.dial_timeout)
+            try:
+                self._configure(sock)
+            except BaseException:
+                sock.close()
+                raise
+            with self._mutex:
+                self._sock = sock
+            self._fresh = False
+            pool._dial_succeeded(self)
+            return sock
         except OSError as exc:
             raise pool._dial_failed(self, started, exc) from exc
         except BaseException:
-            pool._dial_abandoned(self)  # e.g. KeyboardInterrupt: never leave the probe stuck
+            pool._dial_abandoned(self)  # e.g. KeyboardInterrupt mid-connect
             raise
-        try:
-            self._configure(sock)
-        except BaseException as exc:
-            sock.close()
-            if isinstance(exc, OSError):
-                raise pool._dial_failed(self, started, exc) from exc
-            pool._dial_abandoned(self)
-            raise
-        with self._mutex:
-            self._sock = sock
-        self._fresh = False
-        pool._dial_succeeded(self)
-        return sock
 
     def _configure(self, sock: Socket) -> None:
         options = self._pool.options
@@ -293,6 +295,8 @@ class PersistentConn:
         """In a forked child: release the descriptor without any I/O (the parent keeps its
         connection) and make the lock usable again."""
         self._mutex = threading.Lock()
+        self._timeout = self._pool.options.io_timeout
+        self._aborted = self._fresh = False
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()  # the parent still holds the file: no FIN, no RST
@@ -315,6 +319,9 @@ def _connect(address: Address, deadline: float) -> Socket:
             sock.close()
             last = exc
             continue
+        except BaseException:
+            sock.close()
+            raise
         return sock
     if last is None:
         last = TimeoutError(f"connect to {host}:{port} timed out")

@@ -14,7 +14,7 @@ waiter, first come first served); the number of members never changes.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import PoolClosed
@@ -132,9 +132,12 @@ class PoolCore(Generic[M, W]):
         self.waiters.clear()
         return idle, waiters
 
-    def reset_after_fork(self) -> None:
-        """In a forked child no caller of the parent exists: every member is idle again."""
+    def reset_after_fork(self, still_lent: Collection[M]) -> None:
+        """In a forked child only the forking thread survives: the members it holds
+        (``still_lent``) stay lent, every other member is idle again, nobody waits."""
         self.waiters.clear()
+        self.returning = 0
         for member in self.members:
-            member._lent = False
-        self.idle = deque(self.members) if not self.closed else deque()
+            member._lent = member in still_lent
+        idle = [] if self.closed else [m for m in self.members if not m._lent]
+        self.idle = deque(idle)

@@ -22,6 +22,7 @@ __all__ = ["Lend", "Pool", "new"]
 
 _monotonic = time.monotonic
 _allocate_lock = threading.Lock
+_get_ident = threading.get_ident
 
 
 class _Waiter:
@@ -128,6 +129,7 @@ class Pool:
             member = core.lend()
             if member is not None:
                 member._fresh = True
+                member._holder = _get_ident()
                 return member
             if timeout == 0:
                 core.timeouts += 1
@@ -136,24 +138,27 @@ class Pool:
             core.enqueue(waiter)
         try:
             served = waiter.lock.acquire(True, -1 if timeout is None else timeout)
+            if not served:
+                with self._lock:
+                    if core.cancel(waiter):
+                        raise PoolTimeout(
+                            f"no member of {self.address_text} became free within {timeout}s",
+                            timeout=timeout or 0.0,
+                        )
+                # Served, or woken by close(), between the timeout and the lock.
+            member = waiter.member
+            if member is None:
+                raise PoolClosed("pool was closed while waiting")
+        except (PoolTimeout, PoolClosed):
+            raise
         except BaseException:
-            # Interrupted while queued: leave the queue, or give back what we got.
+            # Interrupted (a signal, say): leave the queue, or give back what we got.
             with self._lock:
                 core.cancel(waiter)
             if waiter.member is not None:
                 self.put(waiter.member)
             raise
-        if not served:
-            with self._lock:
-                if core.cancel(waiter):
-                    raise PoolTimeout(
-                        f"no member of {self.address_text} became free within {timeout}s",
-                        timeout=timeout or 0.0,
-                    )
-            # Served, or woken by close(), between the timeout and the lock.
-        member = waiter.member
-        if member is None:
-            raise PoolClosed("pool was closed while waiting")
+        member._holder = _get_ident()
         member._fresh = True
         return member
 
@@ -195,12 +200,14 @@ class Pool:
             core.begin_return(conn)
             if conn._sock is not None:  # a break during I/O was counted when it happened
                 core.broken += 1
-        conn._drop()  # outside the lock: closing is I/O
-        conn._timeout = self.options.io_timeout
-        with self._lock:
-            waiter = core.finish_return(conn)
-            if waiter is not None:
-                waiter.lock.release()
+        try:
+            conn._drop()  # outside the lock: closing is I/O
+            conn._timeout = self.options.io_timeout
+        finally:  # even if interrupted: the slot must come back
+            with self._lock:
+                waiter = core.finish_return(conn)
+                if waiter is not None:
+                    waiter.lock.release()
 
     def connection(self, timeout: float | None = None) -> Lend:
         """A context manager: ``get`` a member for a ``with`` block, ``put`` it back after.
@@ -344,8 +351,12 @@ class Pool:
             self._log("warning", "close_failed", address=self.address_text, error=_describe(exc))
 
     def _after_fork_in_child(self) -> None:
+        """In a forked child only the forking thread exists: what it holds stays lent to it,
+        everything else is idle again; every inherited socket is released without I/O."""
         self._lock = threading.Lock()
-        self._core.reset_after_fork()
+        me = _get_ident()
+        self._core.reset_after_fork([m for m in self._members if m._lent and m._holder == me])
+        self._backoff.abandoned()  # a probe in flight belonged to a thread that is gone
         for member in self._members:
             member._forget_after_fork()
 

@@ -204,16 +204,21 @@ def test_finish_return_to_idle():
 
 
 def test_reset_after_fork():
-    core, (a, b) = make(2)
-    core.lend()
+    core, (a, b, c) = make(3)
+    core.lend()  # a: lent to a thread that does not exist in the child
+    core.lend()  # b: lent to the forking thread, which does
     core.enqueue(Waiter())
-    core.reset_after_fork()
+    assert core.lend() is c
+    core.begin_return(c)  # c: being closed by a put(broken=True) when the fork happened
+    core.reset_after_fork([b])
     assert not core.waiters
-    assert list(core.idle) == [a, b]
+    assert core.returning == 0
+    assert list(core.idle) == [a, c]
     assert not a._lent
+    assert b._lent
     closed, _ = make(1)
     closed.close()
-    closed.reset_after_fork()
+    closed.reset_after_fork([])
     assert not closed.idle
 
 

@@ -634,7 +634,12 @@ FORK_CHILD = """
             stats = pool.stats()
             out["start"] = [stats.idle, stats.in_use, stats.connected]
             out["inherited_socket"] = [a.socket is None, b.socket is None]
-            c1, c2 = pool.get(timeout=0), pool.get(timeout=0)
+            c1, c2 = pool.get(timeout=0), a  # a: still lent to this (the forking) thread
+            try:
+                pool.get(timeout=0)
+                out["third"] = "lent"
+            except gocp.PoolTimeout:
+                out["third"] = "timeout"
             out["replies"] = [request(c1, "child-1"), request(c2, "child-2")]
             out["ports"] = sorted(m.socket.getsockname()[1] for m in (c1, c2))
             pool.put(c1)
@@ -679,8 +684,9 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 def test_fork_child_redials_and_parent_connections_survive(rr_server):
     """``os.fork`` while the pool holds connected sockets (one member lent, one idle).
-    The child's pool starts with every member idle and none connected, and its members
-    dial their own connections; the child exits. The parent's two connections are the
+    In the child none is connected; the member the forking thread held stays lent to
+    it (never lent twice), the other is idle; both dial their own connections; the
+    child exits. The parent's two connections are the
     same ones (same local ports, no redial, nothing stale or broken) and work, and the
     server saw no FIN/RST on them. Run in a child Python process: forking the threaded
     pytest process would warn (filterwarnings=error)."""
@@ -695,7 +701,9 @@ def test_fork_child_redials_and_parent_connections_survive(rr_server):
         first = json.loads(_read_line(proc, 20))
         child = first["child"]
         assert first["code"] == 0, child
-        assert child["start"] == [2, 0, 0]
+        # The member the forking thread held stays lent to it; the other is idle again.
+        assert child["start"] == [1, 1, 0]
+        assert child["third"] == "timeout"  # never lent twice
         assert child["inherited_socket"] == [True, True]
         assert child["replies"] == [1, 1]
         assert not set(child["ports"]) & set(first["ports"])

@@ -1,0 +1,148 @@
+"""Regression tests for paths a review found: interrupts, fork, inputs the kernel refuses."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import gocp
+from gocp import _conn
+
+
+def test_put_broken_interrupted_while_closing_still_returns_the_slot(echo_server, monkeypatch):
+    with gocp.new(echo_server.address, size=1) as pool:
+        conn = pool.get(timeout=0)
+        conn.sendall(b"x")
+        assert conn.recv(1) == b"x"
+        original = gocp.PersistentConn._drop
+
+        def interrupted(self):
+            original(self)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(gocp.PersistentConn, "_drop", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pool.put(conn, broken=True)
+        monkeypatch.undo()
+        stats = pool.stats()
+        assert (stats.idle, stats.in_use) == (1, 0)
+        assert pool.get(timeout=0) is conn
+        pool.put(conn)
+
+
+def test_dial_interrupted_releases_the_probe(monkeypatch):
+    with gocp.new("127.0.0.1:1", size=2, retry_min=0.01, retry_max=0.01) as pool:
+        a, b = pool.get(timeout=0), pool.get(timeout=0)
+        with pytest.raises(gocp.DialError):
+            a.sendall(b"x")  # refused: the address is now failing
+        pool._backoff.next_at = 0.0  # the window is over: the next dial is the probe
+
+        def interrupted(address, deadline):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(_conn, "_connect", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            a.sendall(b"x")
+        monkeypatch.undo()
+        assert pool._backoff.probing is False
+        dials = pool.stats().dials
+        with pytest.raises(gocp.DialError) as caught:
+            b.sendall(b"x")  # a real attempt, not "another member is probing"
+        assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+        assert pool.stats().dials == dials + 1
+        pool.put(a)
+        pool.put(b)
+
+
+def test_touching_the_raw_socket_counts_as_use(echo_server):
+    with gocp.new(echo_server.address, size=1) as pool:
+        with pool.connection(timeout=0) as conn:
+            conn.sendall(b"x")
+            assert conn.recv(1) == b"x"
+        used = []
+
+        def block():
+            with pool.connection(timeout=0) as conn:
+                used.append(conn)
+                assert conn.socket is not None  # raw I/O could happen here
+                raise RuntimeError("protocol error")
+
+        with pytest.raises(RuntimeError):
+            block()
+        assert used[0].socket is None  # went back broken
+
+
+def test_keepalive_beyond_the_kernel_limit_is_refused_at_new():
+    with pytest.raises(ValueError, match="keepalive"):
+        gocp.new("127.0.0.1:1", keepalive=40000)
+    gocp.new("127.0.0.1:1", keepalive=32767).close()
+
+
+def test_host_that_cannot_be_encoded_is_refused_at_new():
+    with pytest.raises(ValueError, match="address"):
+        gocp.new(("a" * 64 + ".example", 80))
+
+
+FORK_CHILD = """
+    import json, os, sys
+    import gocp
+    from gocp.testing import EchoServer
+
+    out = {}
+    with EchoServer() as server, gocp.new(server.address, size=2) as pool:
+        held = pool.get(timeout=0)
+        held.settimeout(7.0)
+        held.sendall(b"x"); held.recv(1)
+        pool._backoff.failures, pool._backoff.probing = 1, True  # a probe "in flight"
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            child = {}
+            other = pool.get(timeout=0)
+            child["other_is_held"] = other is held
+            try:
+                pool.get(timeout=0)
+                child["third"] = "lent"
+            except gocp.PoolTimeout:
+                child["third"] = "timeout"
+            other.sendall(b"y")
+            child["other_reply"] = other.recv(1).decode()
+            child["held_timeout"] = held.gettimeout()
+            held.sendall(b"z")
+            child["held_reply"] = held.recv(1).decode()
+            pool.put(other); pool.put(held)
+            os.write(write, json.dumps(child).encode())
+            os._exit(0)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(read) as pipe:
+            out["child"] = json.loads(pipe.read())
+        out["status"] = status
+        held.sendall(b"p"); out["parent_reply"] = held.recv(1).decode()
+        pool._backoff.probing = False
+        pool.put(held)
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_fork_keeps_the_forking_threads_member_and_drops_a_stuck_probe():
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORK_CHILD)],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["status"] == 0
+    child = out["child"]
+    assert child["other_is_held"] is False  # never lent twice
+    assert child["third"] == "timeout"  # the held member stays lent to its holder
+    assert child["other_reply"] == "y"  # dialled although a probe was "in flight"
+    assert child["held_timeout"] == 30.0  # the parent's per-lend timeout is not inherited
+    assert child["held_reply"] == "z"  # redialled its own socket
+    assert out["parent_reply"] == "p"  # the parent's connection was untouched
