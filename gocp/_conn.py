@@ -22,18 +22,32 @@ __all__ = ["PersistentConn"]
 Socket = socket.socket
 
 _monotonic = time.monotonic
-_HAVE_POLL = hasattr(select, "poll")
-_READY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP if _HAVE_POLL else 0
 _SO_KEEPALIVE_OPTS = [
     name for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT") if hasattr(socket, name)
 ]
 
 
-def _readable_now(sock: Socket) -> bool:
-    """True if ``sock`` has something to read (data, EOF or an error) without waiting."""
-    if _HAVE_POLL:
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's struct tcp_info
+
+
+def _stale(sock: Socket) -> bool:
+    """True if the peer closed or reset ``sock`` (or it failed) while it sat idle.
+
+    On Linux this reads the TCP state with ``getsockopt(TCP_INFO)``, which
+    does not release the GIL: under many threads a ``poll`` per lend would
+    hand the interpreter to another thread on every request. Elsewhere it
+    polls without waiting (any readable event means EOF, an error, or
+    unsolicited bytes: all unsafe to send after).
+    """
+    if _TCP_INFO is not None:
+        try:
+            return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1) != _ESTABLISHED
+        except OSError:
+            return True
+    if hasattr(select, "poll"):
         poller = select.poll()
-        poller.register(sock, _READY)
+        poller.register(sock, select.POLLIN | select.POLLPRI)
         return bool(poller.poll(0))
     readable, _, errored = select.select([sock], [], [sock], 0)
     return bool(readable or errored)
@@ -202,10 +216,9 @@ class PersistentConn:
         sock = self._sock
         if sock is not None and self._fresh:
             self._fresh = False
-            if _readable_now(sock):
-                # Nothing of this lend was sent: a socket with unread bytes,
-                # EOF or an error is stale (peer restarted, or left-over data
-                # would desynchronise the stream). Replacing it is safe.
+            if _stale(sock):
+                # Nothing of this lend was sent: a socket the peer closed or
+                # reset while idle (a server restart) is replaced. Safe.
                 self._drop()
                 self._pool._event_stale(self)
                 sock = None
