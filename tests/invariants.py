@@ -17,6 +17,7 @@ of ``conftest.py``.
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,22 @@ def new_request_id(prefix: str = "r") -> str:
 
 
 # -- I/O helpers on a lent member ------------------------------------------------
+
+
+def round_trip(conn: gocp.PersistentConn, payload: bytes = b"ping") -> bytes:
+    """Send ``payload`` to an echo server and return what came back (as many bytes)."""
+    conn.sendall(payload)
+    received = b""
+    while len(received) < len(payload):
+        received += conn.recv(len(payload) - len(received))
+    return received
+
+
+def unused_address() -> tuple[str, int]:
+    """A loopback port nothing listens on (bound, then closed): connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()
 
 
 def recv_exactly(conn: gocp.PersistentConn, count: int) -> bytes:

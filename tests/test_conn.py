@@ -14,20 +14,13 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import wait_until
+from invariants import round_trip
 
 import gocp
 from gocp.testing import EchoServer, RequestReplyServer
 
 FAST_RETRY = {"retry_min": 0.01, "retry_max": 0.05}
 MARGIN = 0.5  # generous slack above a timeout, for a loaded machine
-
-
-def round_trip(conn: gocp.PersistentConn, payload: bytes = b"ping") -> bytes:
-    conn.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        received += conn.recv(len(payload) - len(received))
-    return received
 
 
 def read_line(conn: gocp.PersistentConn) -> bytes:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
 import structlog
+from invariants import round_trip, unused_address
 
 import gocp
 
@@ -30,20 +30,6 @@ class BrokenPrinter:
     def print(self, *args: object) -> None:
         self.calls += 1
         raise RuntimeError("the logger itself is broken")
-
-
-def refused_address() -> tuple[str, int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()
-
-
-def round_trip(conn: gocp.PersistentConn, payload: bytes = b"ping") -> bytes:
-    conn.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        received += conn.recv(len(payload) - len(received))
-    return received
 
 
 def fail_a_dial(pool: gocp.Pool) -> gocp.DialError:
@@ -71,7 +57,7 @@ def send_and_receive(pool: gocp.Pool, data: bytes) -> bytes:
 
 
 def test_printer_gets_one_line_per_dial_failure():
-    address = refused_address()
+    address = unused_address()
     text = f"{address[0]}:{address[1]}"
     printer = Printer()
     with gocp.new(address, size=2, logger=printer, retry_min=5, retry_max=5) as pool:
@@ -204,7 +190,7 @@ def test_stdlib_logger_gets_records_with_extra_fields(rr_server, caplog):
 
 
 def test_stdlib_logger_adapter(caplog):
-    address = refused_address()
+    address = unused_address()
     adapter = logging.LoggerAdapter(logging.getLogger("gocp-tests.adapter"), {"app": "x"})
     caplog.set_level(logging.DEBUG, logger="gocp-tests.adapter")
     with gocp.new(address, size=1, logger=adapter, **FAST_RETRY) as pool:
@@ -255,7 +241,7 @@ class PrefixAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 def test_nested_adapters_keep_their_processing_and_the_fields(caplog):
-    address = refused_address()
+    address = unused_address()
     inner = PrefixAdapter(logging.getLogger("gocp-tests.nested"), {"tag": "db"})
     outer = logging.LoggerAdapter(inner, {"app": "y"})
     caplog.set_level(logging.DEBUG, logger="gocp-tests.nested")

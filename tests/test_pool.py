@@ -10,25 +10,11 @@ from collections.abc import Callable
 import attrs
 import pytest
 from conftest import wait_until
+from invariants import round_trip, unused_address
 
 import gocp
 
 MARGIN = 0.5  # generous slack above a timeout, for a loaded machine
-
-
-def unused_address() -> tuple[str, int]:
-    """A loopback port nothing listens on; pools that never do I/O can point there."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()
-
-
-def round_trip(conn: gocp.PersistentConn, payload: bytes = b"ping") -> bytes:
-    conn.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        received += conn.recv(len(payload) - len(received))
-    return received
 
 
 class Worker:
