@@ -92,6 +92,7 @@ class Pool:
         self.address = parse_address(address)
         self.address_text = format_address(self.address)
         self.options = Options.build(options)
+        self._io_timeout = self.options.io_timeout  # read on every put
         self._log = make_log(logger)
         self._lock = threading.Lock()
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
@@ -182,8 +183,8 @@ class Pool:
         with self._lock:
             if not conn._lent:
                 raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
-            if conn._timeout != self.options.io_timeout:
-                conn.settimeout(self.options.io_timeout)
+            if conn._timeout != self._io_timeout:
+                conn.settimeout(self._io_timeout)
             waiter = core.give_back(conn)
             if waiter is not None:
                 waiter.lock.release()
@@ -202,7 +203,7 @@ class Pool:
                 core.broken += 1
         try:
             conn._drop()  # outside the lock: closing is I/O
-            conn._timeout = self.options.io_timeout
+            conn._timeout = self._io_timeout
         finally:  # even if interrupted: the slot must come back
             with self._lock:
                 waiter = core.finish_return(conn)
@@ -362,10 +363,8 @@ class Pool:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return (
-        text if isinstance(exc, OSError) and exc.errno is None else f"{type(exc).__name__}: {text}"
-    )
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()

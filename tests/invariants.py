@@ -102,6 +102,32 @@ def request(conn: gocp.PersistentConn, request_id: str, body: str = "x") -> int:
     return int(times)
 
 
+@contextmanager
+def request_in_thread(conn: gocp.PersistentConn, request_id: str) -> Iterator[dict[str, object]]:
+    """Run ``request(conn, request_id)`` in a thread for the ``with`` block, which makes it
+    fail; on a clean exit, assert the thread ended within 5 s. The yielded dict gets
+    ``reply``, or ``error`` and ``at`` (the monotonic time the error surfaced)."""
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+
+    def holder() -> None:
+        try:
+            outcome["reply"] = request(conn, request_id)
+        except BaseException as exc:
+            outcome["error"] = exc
+            outcome["at"] = time.monotonic()
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        yield outcome
+        assert done.wait(5.0), "the request in the thread did not end"
+    finally:
+        thread.join(5.0)
+
+
 def echo_round_trip(conn: gocp.PersistentConn, payload: bytes | None = None) -> None:
     """Send ``payload`` to an ``EchoServer`` and check it comes back intact."""
     data = payload if payload is not None else f"ping {new_request_id('e')}\n".encode()

@@ -33,6 +33,7 @@ from invariants import (
     new_request_id,
     recv_exactly,
     request,
+    request_in_thread,
     rr_round_trip,
     within,
 )
@@ -146,27 +147,10 @@ def test_server_restart_with_members_idle_and_lent(rr_server, reset):
 
         stalled = new_request_id("stalled")
         rr_server.fail_next(1, "stall")
-        outcome: dict[str, object] = {}
-        done = threading.Event()
-
-        def holder() -> None:
-            try:
-                request(waiting, stalled)
-            except BaseException as exc:
-                outcome["error"] = exc
-                outcome["at"] = time.monotonic()
-            finally:
-                done.set()
-
-        thread = threading.Thread(target=holder)
-        thread.start()
-        try:
+        with request_in_thread(waiting, stalled) as outcome:
             assert wait_until(lambda: rr_server.applied(stalled) == 1, 5.0)
             restarted = time.monotonic()
             rr_server.restart(reset=reset)
-            assert done.wait(5.0)
-        finally:
-            thread.join(5.0)
         assert isinstance(outcome["error"], gocp.ConnectionBroken)
         assert not isinstance(outcome["error"], TimeoutError)
         assert outcome["at"] - restarted <= MARGIN  # type: ignore[operator]
@@ -742,27 +726,10 @@ def test_abort_wakes_a_holder_blocked_in_recv(rr_server):
     with gocp.new(rr_server.address, size=2, io_timeout=None, **FAST_RETRY) as pool:
         conn = pool.get(timeout=0)
         rid = new_request_id("abort")
-        outcome: dict[str, object] = {}
-        done = threading.Event()
-
-        def holder() -> None:
-            try:
-                request(conn, rid)
-            except BaseException as exc:
-                outcome["error"] = exc
-                outcome["at"] = time.monotonic()
-            finally:
-                done.set()
-
-        thread = threading.Thread(target=holder)
-        thread.start()
-        try:
+        with request_in_thread(conn, rid) as outcome:
             assert wait_until(lambda: rr_server.applied(rid) == 1, 5.0)
             aborted = time.monotonic()
             conn.abort()
-            assert done.wait(5.0), "abort did not wake the holder"
-        finally:
-            thread.join(5.0)
         assert outcome["at"] - aborted <= MARGIN  # type: ignore[operator]
         error = outcome["error"]
         assert isinstance(error, gocp.ConnectionBroken)

@@ -44,7 +44,6 @@ import itertools
 import math
 import random
 import socket
-import struct
 import threading
 import time
 from collections import deque
@@ -56,6 +55,7 @@ import attrs
 
 from .. import _backoff
 from .._address import Address, format_address, parse_address
+from ._servers import close_socket
 
 __all__ = ["FaultProxy", "ProxyEvent", "no_backoff"]
 
@@ -286,13 +286,6 @@ def _resolve(address: Address) -> tuple[socket.AddressFamily, Any]:
 def _nodelay(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _close_reset(sock: socket.socket) -> None:
-    """Close so that the peer gets an RST (``SO_LINGER`` on, 0 s)."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def _close_gently(sock: socket.socket) -> None:
@@ -619,7 +612,7 @@ class _Connection:
         for sock in (self.client, self.server):
             if sock is not None:
                 if outcome.reset:
-                    _close_reset(sock)
+                    close_socket(sock, reset=True)
                 else:
                     _close_gently(sock)
         self.engine.forget(self, outcome)

@@ -7,6 +7,7 @@ leaves no thread or descriptor behind once ``stop`` or ``close`` returns.
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import struct
@@ -21,12 +22,12 @@ _JOIN_BOUND = 5.0
 Fault = Literal["reset", "close", "stall"]
 
 
-def _linger_reset(sock: socket.socket) -> None:
-    """Make ``close`` send RST instead of FIN."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
+def close_socket(sock: socket.socket, *, reset: bool = False) -> None:
+    """Close ``sock``; with ``reset`` the peer gets an RST (``SO_LINGER`` on, 0 s), not a FIN."""
+    if reset:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 class _Conn:
@@ -209,9 +210,7 @@ class _LoopServer:
                     self._conns.clear()
                 for conn in conns:
                     sel.unregister(conn.sock)
-                    if reset:
-                        _linger_reset(conn.sock)
-                    conn.sock.close()
+                    close_socket(conn.sock, reset=reset)
                 if command == "stop":
                     return True
             elif command == "sync":
@@ -234,9 +233,7 @@ class _LoopServer:
         with self._lock:
             self._conns.pop(conn.sock, None)
         sel.unregister(conn.sock)
-        if reset:
-            _linger_reset(conn.sock)
-        conn.sock.close()
+        close_socket(conn.sock, reset=reset)
 
     def _service(self, sel: selectors.BaseSelector, conn: _Conn, events: int) -> None:
         if events & selectors.EVENT_READ:
