@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import math
 import select
 import socket
+import struct
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -27,8 +31,48 @@ _SO_KEEPALIVE_OPTS = [
 ]
 
 
+#: On 64-bit Linux a member's ``io_timeout`` is the kernel's SO_RCVTIMEO/SO_SNDTIMEO on a
+#: blocking socket: each recv or send is one system call. A Python socket timeout polls
+#: before every call instead (two system calls, two GIL hand-offs).
+_KERNEL_TIMEOUTS = (
+    sys.platform == "linux" and struct.calcsize("@l") == 8 and hasattr(socket, "SO_RCVTIMEO")
+)
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: tv_sec, tv_usec (both long on 64-bit Linux)
+_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+
+
+def _timeval(seconds: float | None) -> bytes:
+    """``seconds`` as a ``struct timeval`` for SO_RCVTIMEO/SO_SNDTIMEO; zero means no bound,
+    so a positive bound is rounded up to at least one microsecond."""
+    if seconds is None:
+        return _TIMEVAL.pack(0, 0)
+    whole = int(seconds)
+    micro = math.ceil((seconds - whole) * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    if not whole and not micro:
+        micro = 1
+    return _TIMEVAL.pack(whole, micro)
+
+
+def _set_kernel_timeout(sock: Socket, seconds: float | None) -> None:
+    value = _timeval(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def kernel_timeout(sock: Socket) -> tuple[float | None, float | None]:
+    """The (receive, send) bounds the kernel applies to a blocking ``sock``; ``None``: none."""
+    bounds = []
+    for name in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        whole, micro = _TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, name, _TIMEVAL.size))
+        bounds.append(whole + micro / 1e6 if whole or micro else None)
+    return bounds[0], bounds[1]
+
+
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's struct tcp_info
+_IPPROTO_TCP = socket.IPPROTO_TCP
 
 
 def _stale(sock: Socket) -> bool:
@@ -80,6 +124,8 @@ class PersistentConn:
     __slots__ = (
         "__weakref__",
         "_aborted",
+        "_dirty",
+        "_exposed",
         "_fresh",
         "_holder",
         "_lent",
@@ -99,6 +145,8 @@ class PersistentConn:
         self._holder = 0  # thread ident of the last borrower (for fork)
         self._sock: Socket | None = None
         self._timeout = pool.options.io_timeout
+        self._dirty = False  # this lend changed the timeout or exposed the socket: put restores
+        self._exposed = False  # the raw socket was handed out: it uses Python's timeouts
         self._mutex = threading.Lock()  # orders _drop against abort(); never held during I/O
 
     # -- what the caller sees -------------------------------------------------
@@ -113,12 +161,19 @@ class PersistentConn:
         """The live socket, or ``None`` while disconnected (Go's ``OriginalConn``).
 
         Use it for options or for I/O the member does not wrap; do not close it
-        (call ``Pool.put(conn, broken=True)`` instead). Touching it counts as
+        (call ``Pool.put(conn, broken=True)`` instead), and set its timeout
+        with ``conn.settimeout``. Until the member is put back the socket has
+        an ordinary Python timeout, so a stall raises ``TimeoutError`` there
+        too (and ``makefile`` readers behave as usual). Touching it counts as
         using the member: a ``with pool.connection()`` block that then raises
         puts the member back broken.
         """
         self._fresh = False
-        return self._sock
+        sock = self._sock
+        if sock is not None and _KERNEL_TIMEOUTS and not self._exposed:
+            sock.settimeout(self._timeout)
+            self._exposed = self._dirty = True
+        return sock
 
     @property
     def connected(self) -> bool:
@@ -136,9 +191,10 @@ class PersistentConn:
         if seconds == 0:
             raise ValueError("timeout: must be > 0 or None (non-blocking mode is not supported)")
         self._timeout = seconds
+        self._dirty = True
         sock = self._sock
         if sock is not None:
-            sock.settimeout(seconds)
+            self._apply_timeout(sock)
 
     def gettimeout(self) -> float | None:
         """The current I/O timeout in seconds, or ``None``."""
@@ -152,7 +208,7 @@ class PersistentConn:
         try:
             sock.sendall(data)
         except OSError as exc:
-            raise self._broke("sendall", exc) from exc
+            raise self._broke("sendall", exc)  # noqa: B904 (_broke sets the cause)
 
     def send(self, data: ReadableBuffer) -> int:
         """Send some of ``data``; return how many bytes were sent."""
@@ -162,7 +218,7 @@ class PersistentConn:
         try:
             return sock.send(data)
         except OSError as exc:
-            raise self._broke("send", exc) from exc
+            raise self._broke("send", exc)  # noqa: B904 (_broke sets the cause)
 
     def recv(self, bufsize: int) -> bytes:
         """Receive up to ``bufsize`` bytes; a peer that closed raises ``ConnectionBroken``."""
@@ -173,7 +229,7 @@ class PersistentConn:
         try:
             data = sock.recv(bufsize)
         except OSError as exc:
-            raise self._broke("recv", exc) from exc
+            raise self._broke("recv", exc)  # noqa: B904 (_broke sets the cause)
         if not data and bufsize:
             raise self._broke("recv", None)
         return data
@@ -187,7 +243,7 @@ class PersistentConn:
         try:
             count = sock.recv_into(buffer, nbytes)
         except OSError as exc:
-            raise self._broke("recv_into", exc) from exc
+            raise self._broke("recv_into", exc)  # noqa: B904 (_broke sets the cause)
         if not count and (nbytes or memoryview(buffer).nbytes):
             raise self._broke("recv_into", None)
         return count
@@ -216,7 +272,14 @@ class PersistentConn:
         sock = self._sock
         if sock is not None and self._fresh:
             self._fresh = False
-            if _stale(sock):
+            if _TCP_INFO is not None:  # _stale(sock), inlined: this runs on every lend
+                try:
+                    stale = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, 1) != _ESTABLISHED
+                except OSError:
+                    stale = True
+            else:
+                stale = _stale(sock)
+            if stale:
                 # Nothing of this lend was sent: a socket the peer closed or
                 # reset while idle (a server restart) is replaced. Safe.
                 self._drop()
@@ -266,10 +329,36 @@ class PersistentConn:
                 # same idle + 3 probes instead of the ~15 min retransmission limit.
                 limit_ms = (idle + 3 * interval) * 1000
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, limit_ms)
-        sock.settimeout(self._timeout)
+        if _KERNEL_TIMEOUTS:
+            sock.settimeout(None)  # blocking: the kernel enforces the bound
+            self._exposed = False
+        self._apply_timeout(sock)
+
+    def _apply_timeout(self, sock: Socket) -> None:
+        if _KERNEL_TIMEOUTS and not self._exposed:
+            _set_kernel_timeout(sock, self._timeout)
+        else:
+            sock.settimeout(self._timeout)
+
+    def _restore(self, timeout: float | None) -> None:
+        """At put: undo what the lend changed (the timeout, the exposed socket's mode)."""
+        self._timeout = timeout
+        sock = self._sock
+        if sock is not None:
+            if self._exposed:
+                sock.settimeout(None)
+                self._exposed = False
+            self._apply_timeout(sock)
+        self._exposed = self._dirty = False
 
     def _broke(self, op: str, exc: OSError | None) -> ConnectionBroken:
-        """Drop the socket after a failure and build the error to raise."""
+        """Drop the socket after a failure and build the error to raise (``exc`` its cause)."""
+        if exc is not None and exc.errno in _AGAIN:
+            # SO_RCVTIMEO/SO_SNDTIMEO ran out on a blocking socket: say it as Python's own
+            # socket timeout does, rather than "Resource temporarily unavailable".
+            timeout = TimeoutError("timed out")
+            timeout.__cause__ = exc
+            exc = timeout
         aborted = self._aborted
         self._drop()
         address = self._pool.address_text
@@ -282,14 +371,15 @@ class PersistentConn:
                 f"{op} on {address}: peer closed the connection", address=address
             )
         elif isinstance(exc, TimeoutError) and exc.errno is None:
-            # Python's own socket timeout (errno None), not the kernel's ETIMEDOUT,
-            # which means the peer stopped answering keepalive or acknowledgements.
+            # A timeout of ours (errno None), not the kernel's ETIMEDOUT, which means
+            # the peer stopped answering keepalive or acknowledgements.
             error = IOTimeout(
                 f"{op} on {address}: no progress within {self._timeout}s; connection dropped",
                 address=address,
             )
         else:
             error = ConnectionBroken(f"{op} on {address}: {exc}", address=address)
+        error.__cause__ = exc
         self._pool._event_broken(self, op, exc if exc is not None else error)
         return error
 
@@ -309,7 +399,7 @@ class PersistentConn:
         connection) and make the lock usable again."""
         self._mutex = threading.Lock()
         self._timeout = self._pool.options.io_timeout
-        self._aborted = self._fresh = False
+        self._aborted = self._fresh = self._dirty = self._exposed = False
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()  # the parent still holds the file: no FIN, no RST

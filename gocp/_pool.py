@@ -125,18 +125,23 @@ class Pool:
         """
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
-        core = self._core
-        with self._lock:
-            member = core.lend()
+        # acquire/try/finally rather than ``with``: about half the cost on the hot path.
+        lock = self._lock
+        lock.acquire()
+        try:
+            member = self._core.lend()
             if member is not None:
                 member._fresh = True
                 member._holder = _get_ident()
                 return member
             if timeout == 0:
-                core.timeouts += 1
+                self._core.timeouts += 1
                 raise PoolTimeout("no idle member (timeout=0)", timeout=0.0)
             waiter = _Waiter()
-            core.enqueue(waiter)
+            self._core.enqueue(waiter)
+        finally:
+            lock.release()
+        core = self._core
         try:
             served = waiter.lock.acquire(True, -1 if timeout is None else timeout)
             if not served:
@@ -179,17 +184,20 @@ class Pool:
         if broken:
             self._put_broken(conn)
             return
-        core = self._core
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if not conn._lent:
                 raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
-            if conn._timeout != self._io_timeout:
-                conn.settimeout(self._io_timeout)
-            waiter = core.give_back(conn)
+            if conn._dirty:  # this lend changed the timeout or exposed the socket
+                conn._restore(self._io_timeout)
+            waiter = self._core.give_back(conn)
             if waiter is not None:
                 waiter.lock.release()
                 return
-            closed = core.closed
+            closed = self._core.closed
+        finally:
+            lock.release()
         if closed:
             conn._drop()
 
@@ -203,7 +211,7 @@ class Pool:
                 core.broken += 1
         try:
             conn._drop()  # outside the lock: closing is I/O
-            conn._timeout = self._io_timeout
+            conn._restore(self._io_timeout)
         finally:  # even if interrupted: the slot must come back
             with self._lock:
                 waiter = core.finish_return(conn)
