@@ -26,7 +26,11 @@ _get_ident = threading.get_ident
 
 
 class _Waiter:
-    """A caller blocked in ``get``: a held lock that the pool releases to wake it."""
+    """A caller blocked in ``get``: a held lock that the pool releases to wake it.
+
+    Waiters are reused (``Pool._spare_waiters``): making one costs a lock and an
+    ``__init__``, a fifth of a contended get+put.
+    """
 
     __slots__ = ("lock", "member")
 
@@ -98,6 +102,7 @@ class Pool:
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
         self._members = tuple(PersistentConn(self, index) for index in range(size))
         self._core: PoolCore[PersistentConn, _Waiter] = PoolCore(self._members)
+        self._spare_waiters: list[_Waiter] = []  # served waiters, their locks held again
         _live_pools.add(self)
 
     # -- lending ---------------------------------------------------------------
@@ -137,21 +142,26 @@ class Pool:
             if timeout == 0:
                 self._core.timeouts += 1
                 raise PoolTimeout("no idle member (timeout=0)", timeout=0.0)
-            waiter = _Waiter()
+            spare = self._spare_waiters
+            waiter = spare.pop() if spare else _Waiter()
             self._core.enqueue(waiter)
         finally:
             lock.release()
         core = self._core
         try:
-            served = waiter.lock.acquire(True, -1 if timeout is None else timeout)
-            if not served:
+            if timeout is None:
+                waiter.lock.acquire()
+            elif not waiter.lock.acquire(True, timeout):
                 with self._lock:
-                    if core.cancel(waiter):
+                    if core.cancel(waiter):  # nobody released its lock: it can serve again
+                        self._spare_waiters.append(waiter)
                         raise PoolTimeout(
                             f"no member of {self.address_text} became free within {timeout}s",
-                            timeout=timeout or 0.0,
+                            timeout=timeout,
                         )
-                # Served, or woken by close(), between the timeout and the lock.
+                # Served, or woken by close(), between the timeout and the lock: both
+                # released its lock under the pool lock, so this takes it back at once.
+                waiter.lock.acquire(False)
             member = waiter.member
             if member is None:
                 raise PoolClosed("pool was closed while waiting")
@@ -159,11 +169,15 @@ class Pool:
             raise
         except BaseException:
             # Interrupted (a signal, say): leave the queue, or give back what we got.
+            # The waiter is not reused: its lock's state is unknown.
             with self._lock:
                 core.cancel(waiter)
             if waiter.member is not None:
                 self.put(waiter.member)
             raise
+        # Served: the lock is held again, as a fresh waiter's is; keep the waiter for reuse.
+        waiter.member = None
+        self._spare_waiters.append(waiter)  # list.append is atomic
         member._holder = _get_ident()
         member._fresh = True
         return member
@@ -363,6 +377,7 @@ class Pool:
         """In a forked child only the forking thread exists: what it holds stays lent to it,
         everything else is idle again; every inherited socket is released without I/O."""
         self._lock = threading.Lock()
+        self._spare_waiters = []  # their locks belong to the parent's threads' history
         me = _get_ident()
         self._core.reset_after_fork([m for m in self._members if m._lent and m._holder == me])
         self._backoff.abandoned()  # a probe in flight belonged to a thread that is gone

@@ -52,6 +52,7 @@ report: it exits 0 whatever the figures say.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -102,6 +103,7 @@ class Settings:
     members: int  # the memory scenario's pool size
     import_runs: int
     server: str = "epoll"  # the echo server's kind, a key of SERVERS
+    placements: tuple[str, ...] = ("one-cpu", "split", "os")  # keys of PLACEMENTS
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
@@ -281,6 +283,54 @@ def jain(counts: list[int]) -> float:
     return total * total / (len(counts) * squares) if squares else 0.0
 
 
+# -- where the threads run ------------------------------------------------------------
+
+#: name: (description, CPUs of this process's threads, CPUs of the echo server).
+#: On a VM a thread woken on an idle CPU waits tens of microseconds (the "split" round
+#: trip of one thread is ~67 us, the "one-cpu" one ~8 us); left to the OS, runs flip
+#: between the two. Pinning makes each figure reproducible; every placement is reported.
+PLACEMENTS: dict[str, tuple[str, frozenset[int] | None, frozenset[int] | None]] = {
+    "one-cpu": ("the benchmark and the echo server share CPU 0", frozenset({0}), frozenset({0})),
+    "split": ("the benchmark on CPU 0, the echo server on CPU 1", frozenset({0}), frozenset({1})),
+    "os": ("no pinning: the OS places every thread", None, None),
+}
+
+
+def can_pin() -> bool:
+    return hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
+
+
+def _pin_process(pid: int | None, cpus: frozenset[int] | None) -> None:
+    """Pin every thread of ``pid`` (``None``: this process) to ``cpus`` (``None``: all)."""
+    mask = set(range(os.cpu_count() or 1)) if cpus is None else set(cpus)
+    tasks = f"/proc/{'self' if pid is None else pid}/task"
+    tids = [int(t) for t in os.listdir(tasks)] if os.path.isdir(tasks) else [pid or 0]
+    for tid in tids:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(tid, mask)
+
+
+@contextmanager
+def placed(placement: str, server: EchoProcess | None = None) -> Iterator[None]:
+    """Run the block with this process (and the echo server) pinned as ``placement`` says."""
+    _what, client, server_cpus = PLACEMENTS[placement]
+    if placement != "os" and not can_pin():
+        raise RuntimeError("pinning needs os.sched_setaffinity and 2 CPUs")
+    _pin_process(None, client)
+    if server is not None:
+        _pin_process(server.proc.pid, server_cpus)
+    try:
+        yield
+    finally:
+        _pin_process(None, None)
+        if server is not None:
+            _pin_process(server.proc.pid, None)
+
+
+def placed_key(key: str, placement: str) -> str:
+    return f"{key}@{placement}"
+
+
 # -- the floor and gocp --------------------------------------------------------------
 
 
@@ -304,6 +354,50 @@ class FloorPool:
 
 
 FLOOR_NAME = "floor: deque + threading.Condition"
+
+
+class FairFloorPool:
+    """The least a first-come-first-served pool does: under one lock, a deque of idle
+    items and a deque of waiters, each waiting on its own lock; a put hands its item
+    straight to the first waiter. No checks, no counters: a lower bound for gocp."""
+
+    def __init__(self, size: int) -> None:
+        self._idle: deque[object] = deque(object() for _ in range(size))
+        self._waiters: deque[list[Any]] = deque()
+        self._lock = threading.Lock()
+
+    def get(self) -> object:
+        lock = self._lock
+        lock.acquire()
+        if self._idle:
+            item = self._idle.popleft()
+            lock.release()
+            return item
+        waiter = [threading.Lock(), None]
+        waiter[0].acquire()
+        self._waiters.append(waiter)
+        lock.release()
+        waiter[0].acquire()
+        return waiter[1]
+
+    def put(self, item: object) -> None:
+        lock = self._lock
+        lock.acquire()
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            waiter[1] = item
+            waiter[0].release()
+        else:
+            self._idle.append(item)
+        lock.release()
+
+
+FAIR_FLOOR_NAME = "fair floor: FIFO hand-off to queued waiters"
+
+
+def fair_floor_subject(size: int) -> Subject:
+    pool = FairFloorPool(size)
+    return Subject(FAIR_FLOOR_NAME, pool.get, pool.put, lambda: None)
 
 
 def floor_subject(size: int) -> Subject:
@@ -500,10 +594,23 @@ def fcfs_check(subject: Subject, size: int, callers: int = 8, gap: float = 0.005
 
 
 def scenario_contended(cfg: Settings) -> list[Table]:
+    # Without an echo server "split" places the benchmark as "one-cpu" does.
+    placements = [p for p in cfg.placements if p != "split"]
+    if "split" in cfg.placements and "one-cpu" not in placements:
+        placements.insert(0, "one-cpu")
+    tables = []
+    for placement in placements:
+        with placed(placement):
+            tables.append(contended_table(cfg, placement))
+    return tables
+
+
+def contended_table(cfg: Settings, placement: str) -> Table:
     threads, size = 16, 4
     table = Table(
-        "contended",
-        f"{threads} threads sharing a pool of {size}: get+put, wall time per operation",
+        placed_key("contended", placement),
+        f"{threads} threads sharing a pool of {size}: get+put, wall time per operation "
+        f"[{placement}: {PLACEMENTS[placement][0]}]",
         "us/op",
         notes=[
             f"{cfg.repeats} samples of {cfg.contended_seconds:.2f} s per subject, gc off; "
@@ -523,6 +630,7 @@ def scenario_contended(cfg: Settings) -> list[Table]:
     subjects: list[tuple[Row, Subject]] = []
     for name, kind, subject in (
         (FLOOR_NAME, "floor", floor_subject(size)),
+        (FAIR_FLOOR_NAME, "info", fair_floor_subject(size)),
         ("gocp", "gocp", gocp_subject(size)),
     ):
         row = Row(name, kind)
@@ -565,7 +673,7 @@ def scenario_contended(cfg: Settings) -> list[Table]:
             row.extra["jain"] = statistics.median(row.extra.pop("_jain"))
         if "_p99" in row.extra:
             row.extra["p99_us"] = statistics.median(row.extra.pop("_p99"))
-    return [table]
+    return table
 
 
 # -- the echo server (a subprocess) --------------------------------------------------
@@ -744,11 +852,13 @@ def run_rt_threads(runs: list[Callable[[int], None]], n: int) -> float:
     return max(ends) - start
 
 
-def roundtrip_table(cfg: Settings, address: tuple[str, int], threads: int, size: int) -> Table:
+def roundtrip_table(
+    cfg: Settings, address: tuple[str, int], threads: int, size: int, placement: str
+) -> Table:
     table = Table(
-        f"roundtrip_{threads}",
+        placed_key(f"roundtrip_{threads}", placement),
         f"echo round trip, {len(MSG)} B: {threads} thread{'s' if threads > 1 else ''}, "
-        f"pool of {size}",
+        f"pool of {size} [{placement}: {PLACEMENTS[placement][0]}]",
         "us/rt",
         notes=[
             f"server: {SERVERS[cfg.server]} (no GIL sharing); "
@@ -811,7 +921,12 @@ def roundtrip_table(cfg: Settings, address: tuple[str, int], threads: int, size:
 
 def scenario_roundtrip(cfg: Settings) -> list[Table]:
     address = echo_address(cfg.server)
-    return [roundtrip_table(cfg, address, 1, 8), roundtrip_table(cfg, address, 8, 8)]
+    tables = []
+    for placement in cfg.placements:
+        with placed(placement, _echo):
+            tables.append(roundtrip_table(cfg, address, 1, 8, placement))
+            tables.append(roundtrip_table(cfg, address, 8, 8, placement))
+    return tables
 
 
 # -- scenario: lifecycle policies ----------------------------------------------------
@@ -1187,35 +1302,39 @@ def targets(tables: dict[str, Table]) -> list[Target]:
         vs("#2 (a)", "uncontended get+put vs floor", "uncontended", "floor", 2.0),
         vs("#4", "uncontended get+put vs floor", "uncontended", "floor", 1.5),
         vs("#4", "uncontended get+put vs fastest peer", "uncontended", "peer", 0.5),
-        vs("#4", "16 threads / 4 members vs floor", "contended", "floor", 3.0),
-        vs(
-            "#4",
-            "16 threads / 4 members: throughput vs fastest peer",
-            "contended",
-            "peer",
-            3.0,
-            more=True,
-        ),
     ]
-    fcfs_text = "16 threads / 4 members: first come, first served"
-    contended = tables.get("contended")
-    row = contended.row("gocp") if contended else None
-    if row is not None and "fcfs" in row.extra:
-        fcfs = row.extra["fcfs"]
-        detail = (
-            f"fcfs={fcfs}; worst wait {row.extra.get('worst_ms', math.nan):.2f} ms, "
-            f"p99 {row.extra.get('p99_us', math.nan):.1f} us, "
-            f"jain {row.extra.get('jain', math.nan):.3f}"
-        )
-        value = 0.0 if fcfs == "yes" else 1.0
-        out.append(Target("#4", fcfs_text, value, 0.0, unit="", boolean=True, detail=detail))
-    else:
-        out.append(Target("#4", fcfs_text, None, 0.0, boolean=True))
-    for threads in (1, 8):
-        key = f"roundtrip_{threads}"
-        text = f"echo round trip, {threads} thread{'s' if threads > 1 else ''}, vs raw"
-        out.append(vs("#2 (c)", text, key, "floor", 1.10))
-        out.append(vs("#4", text, key, "floor", 1.05))
+    for placement in PLACEMENTS:
+        key = placed_key("contended", placement)
+        if key not in tables:
+            continue
+        where = f" [{placement}]"
+        out.append(vs("#4", "16 threads / 4 members vs floor" + where, key, "floor", 3.0))
+        text = "16 threads / 4 members: throughput vs fastest peer" + where
+        out.append(vs("#4", text, key, "peer", 3.0, more=True))
+        fcfs_text = "16 threads / 4 members: first come, first served" + where
+        row = tables[key].row("gocp")
+        if row is not None and "fcfs" in row.extra:
+            fcfs = row.extra["fcfs"]
+            detail = (
+                f"fcfs={fcfs}; worst wait {row.extra.get('worst_ms', math.nan):.2f} ms, "
+                f"p99 {row.extra.get('p99_us', math.nan):.1f} us, "
+                f"jain {row.extra.get('jain', math.nan):.3f}"
+            )
+            value = 0.0 if fcfs == "yes" else 1.0
+            out.append(Target("#4", fcfs_text, value, 0.0, unit="", boolean=True, detail=detail))
+        else:
+            out.append(Target("#4", fcfs_text, None, 0.0, boolean=True))
+    for placement in PLACEMENTS:
+        for threads in (1, 8):
+            key = placed_key(f"roundtrip_{threads}", placement)
+            if key not in tables:
+                continue
+            text = (
+                f"echo round trip, {threads} thread{'s' if threads > 1 else ''}, vs raw "
+                f"[{placement}]"
+            )
+            out.append(vs("#2 (c)", text, key, "floor", 1.10))
+            out.append(vs("#4", text, key, "floor", 1.05))
     size = tables.get("size")
     size_row = size.row("gocp") if size else None
     out.append(
@@ -1246,7 +1365,7 @@ def targets(tables: dict[str, Table]) -> list[Target]:
 
 def print_targets(found: list[Target], tables: dict[str, Table]) -> None:
     print("\n== targets (issues 2 and 4): a report, not an assertion")
-    print(f"   {'issue':<8}{'target':<54}{'gocp':>10}{'limit':>10}{'by min':>9}  result")
+    print(f"   {'issue':<8}{'target':<64}{'gocp':>10}{'limit':>10}{'by min':>9}  result")
     for target in found:
         sign = "<=" if target.at_most else ">="
         value = "-" if target.value is None else f"{target.value:.2f}{target.unit}"
@@ -1257,7 +1376,7 @@ def print_targets(found: list[Target], tables: dict[str, Table]) -> None:
             limit = f"{sign}{target.limit:g}{target.unit}"
         by_min = "" if target.by_min is None else f"{target.by_min:.2f}{target.unit}"
         print(
-            f"   {target.source:<8}{target.text:<54}{value:>10}{limit:>10}{by_min:>9}"
+            f"   {target.source:<8}{target.text:<64}{value:>10}{limit:>10}{by_min:>9}"
             f"  {target.result}"
         )
         if target.detail:
@@ -1266,14 +1385,21 @@ def print_targets(found: list[Target], tables: dict[str, Table]) -> None:
     if lifecycle is not None:
         row = lifecycle.row("gocp")
         if row is not None and row.status:
-            print(f"   {'#4':<8}{'lifecycle policies on':<54}{'n/a':>10}{'-':>10}{'':>9}  n/a")
+            print(f"   {'#4':<8}{'lifecycle policies on':<64}{'n/a':>10}{'-':>10}{'':>9}  n/a")
             print(f"   {'':<8}  {row.status}")
-    contended = tables.get("contended")
-    if contended is not None and contended.row("gocp") is not None:
+    for placement in PLACEMENTS:
+        table = tables.get(placed_key("contended", placement))
+        gocp_row = table.row("gocp") if table else None
+        fair = table.row(FAIR_FLOOR_NAME) if table else None
+        if table is None or gocp_row is None or fair is None:
+            continue
+        fastest = (
+            min(gocp_row.samples) / min(fair.samples) if gocp_row.samples and fair.samples else None
+        )
+        text = f"16 threads / 4 members vs the fair floor [{placement}]"
         print(
-            f"   {'#2 (b)':<8}{'16 threads / 4 members vs floor (no limit set)':<54}"
-            f"{_fmt(_vs(tables, 'contended', 'floor')):>9}x{'-':>10}"
-            f"{_fmt(_vs(tables, 'contended', 'floor', by_min=True)):>8}x  reported"
+            f"   {'info':<8}{text:<64}{_fmt(table.ratio(gocp_row, fair)):>9}x{'-':>10}"
+            f"{_fmt(fastest):>8}x  reported"
         )
     print(
         "   result: from medians; 'by min': the same ratio from each row's fastest sample "
@@ -1318,7 +1444,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the echo server for round trips and memory: "
         + "; ".join(f"{k}: {v}" for k, v in sorted(SERVERS.items())),
     )
+    parser.add_argument(
+        "--placement",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="where the contended and round-trip runs place their threads, comma-separated "
+        "or repeated (default: all; 'os' alone where pinning is impossible): "
+        + "; ".join(f"{k}: {v[0]}" for k, v in PLACEMENTS.items()),
+    )
     args = parser.parse_args(argv)
+    placements = [p.strip() for item in args.placement for p in item.split(",") if p.strip()]
+    bad = sorted(set(placements) - set(PLACEMENTS))
+    if bad:
+        parser.error(f"unknown placement(s): {', '.join(bad)}; pick from {', '.join(PLACEMENTS)}")
+    if not placements:
+        placements = list(PLACEMENTS) if can_pin() else ["os"]
+    elif set(placements) - {"os"} and not can_pin():
+        parser.error("pinning needs os.sched_setaffinity and at least 2 CPUs: use --placement os")
+    args.placement = tuple(p for p in PLACEMENTS if p in placements)
     only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
     unknown = sorted(set(only) - set(SCENARIOS))
     if unknown:
@@ -1331,7 +1475,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = dataclasses.replace(Settings.make(args.quick), server=args.server)
+    cfg = dataclasses.replace(
+        Settings.make(args.quick), server=args.server, placements=args.placement
+    )
     if args.repeats:
         cfg = dataclasses.replace(cfg, repeats=args.repeats, rt_repeats=args.repeats)
     started = perf()
@@ -1344,6 +1490,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": cfg.quick,
         "repeats": cfg.repeats,
         "server": cfg.server,
+        "placements": {name: PLACEMENTS[name][0] for name in cfg.placements},
         "peers": {p.name: (p.missing() or p.version()) for p in PEERS},
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }

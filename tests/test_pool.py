@@ -204,6 +204,65 @@ def test_timed_out_waiter_leaves_the_queue():
         assert (stats.idle, stats.waiting, stats.timeouts) == (1, 0, 1)
 
 
+def test_waiters_are_reused_after_timeouts_and_hand_offs():
+    """A waiter object serves again after it timed out or was served; its lock is re-armed
+    each time, so a later wait really waits and really wakes."""
+    with gocp.new(unused_address(), size=1) as pool:
+        held = pool.get()
+        for _ in range(3):
+            with pytest.raises(gocp.PoolTimeout):
+                pool.get(timeout=0.01)
+        assert len(pool._spare_waiters) == 1  # one waiter, timed out three times
+        for _ in range(3):
+            (waiter,) = start_waiters(pool, [lambda: pool.get(timeout=5)])
+            assert wait_until(lambda: pool.stats().waiting == 1, timeout=5)
+            pool.put(held)
+            waiter.join()
+            assert waiter.result is held
+        assert len(pool._spare_waiters) <= 2  # this thread's and the workers'
+        with pytest.raises(gocp.PoolTimeout):  # a reused waiter still waits its time
+            pool.get(timeout=0.05)
+        pool.put(held)
+        assert pool.stats().idle == 1
+
+
+def test_waiter_reuse_under_racing_timeouts_loses_nothing():
+    """Timeouts racing hand-offs (the served-after-timeout path re-arms the lock)."""
+    with gocp.new(unused_address(), size=2) as pool:
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        served = [0]
+
+        def caller() -> None:
+            while not stop.is_set():
+                try:
+                    member = pool.get(timeout=0.0005)
+                except gocp.PoolTimeout:
+                    continue
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+                served[0] += 1
+                pool.put(member)
+
+        threads = [threading.Thread(target=caller) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert wait_until(lambda: served[0] >= 3000 or bool(errors), timeout=20)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+        assert not errors
+        assert not any(thread.is_alive() for thread in threads)
+        stats = pool.stats()
+        assert (stats.idle, stats.in_use, stats.waiting) == (2, 0, 0)
+        assert len(pool._spare_waiters) <= len(threads)
+        assert stats.waits > 0  # both paths ran
+        assert stats.timeouts > 0
+
+
 # -- closing ---------------------------------------------------------------------------
 
 
