@@ -118,6 +118,12 @@ class PersistentConn:
     - ``recv`` never returns ``b""`` for a closed peer: it raises.
     - ``settimeout`` lasts until the member is put back; the pool then
       restores its ``io_timeout``.
+    - On 64-bit Linux the timeout is kept by the kernel (SO_RCVTIMEO and
+      SO_SNDTIMEO on a blocking socket), so each send or recv is one system
+      call; a Python socket timeout would poll before every call. It bounds
+      each wait for progress: a large ``sendall`` that keeps moving may take
+      longer in all. ``conn.socket`` switches the socket to an ordinary Python
+      timeout until the member is put back.
     """
 
     __module__ = "gocp"

@@ -26,6 +26,17 @@ Scenarios (issue 4; the targets of issues 2 and 4 are checked at the end):
   "raw sockets used in turn" row shows that cost without any pool). Every
   socket (raw, gocp's, the peers') has ``TCP_NODELAY`` and a 30 s timeout,
   as gocp's members have by default.
+- placements: the contended and round-trip runs are repeated with the
+  benchmark's threads (and the echo server) pinned: ``one-cpu`` (all on CPU 0:
+  the shortest round trip, about 8 us, so the harshest ratio), ``split``
+  (benchmark on CPU 0, server on CPU 1: a one-thread round trip waits for an
+  idle CPU to wake, about 67 us on these VMs) and ``os`` (no pinning: the OS
+  flips between those regimes from run to run, so its figures are the least
+  reproducible). ``--placement`` picks some.
+- reference rows: ``fair floor`` is the least a first-come-first-served
+  pool can do (a lock, two deques, a lock per waiter, no checks); the round
+  trips also show raw sockets inside the floor pool and the fair floor pool,
+  which is what any shared pool costs before doing anything of its own.
 - ``lifecycle``: get+put with the pool's health-check and lifetime policies
   on; the check itself is a no-op callback, so what is timed is the pool's
   machinery. gocp is "n/a" until ``gocp.Options`` grows such options.
@@ -887,6 +898,19 @@ def roundtrip_table(
         plans.append(
             (row, [functools.partial(rt_raw_turns, socks)], functools.partial(close_socks, socks))
         )
+    for name, pool_class in (
+        ("floor pool: raw sockets in a deque + Condition", FloorPool),
+        ("fair floor pool: raw sockets, FIFO hand-off", FairFloorPool),
+    ):
+        # The least any pool adds: a shared lock and deque around raw sockets.
+        floor_pool = pool_class(0)
+        socks = [make_sock(address) for _ in range(size)]
+        for sock in socks:
+            floor_pool.put(sock)
+        row = Row(name, "info")
+        table.rows.append(row)
+        pooled = rt_pooled(Subject(name, floor_pool.get, floor_pool.put, lambda: None))
+        plans.append((row, [pooled] * threads, functools.partial(close_socks, socks)))
     subject = gocp_subject(size, address)
     row = Row("gocp", "gocp")
     table.rows.append(row)
