@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import select
+import signal
 import socket
 import struct
 import sys
@@ -59,6 +60,19 @@ def _set_kernel_timeout(sock: Socket, seconds: float | None) -> None:
     value = _timeval(seconds)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def _periodic_timer() -> bool:
+    """Whether an interval timer re-arms itself (a sampling profiler, say).
+
+    A signal interrupts a kernel-timed wait, and Python restarts it with the
+    whole timeout again, so signals that keep coming could stretch the wait
+    without end; Python's own timeouts keep a deadline across restarts.
+    """
+    return any(
+        signal.getitimer(which)[1] > 0
+        for which in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
+    )
 
 
 def kernel_timeout(sock: Socket) -> tuple[float | None, float | None]:
@@ -123,7 +137,10 @@ class PersistentConn:
       call; a Python socket timeout would poll before every call. It bounds
       each wait for progress: a large ``sendall`` that keeps moving may take
       longer in all. ``conn.socket`` switches the socket to an ordinary Python
-      timeout until the member is put back.
+      timeout until the member is put back. While a periodic interval timer
+      is armed (``signal.setitimer``, as sampling profilers do) new
+      connections use Python timeouts instead: each signal would restart the
+      kernel's wait from zero.
     """
 
     __module__ = "gocp"
@@ -134,6 +151,7 @@ class PersistentConn:
         "_exposed",
         "_fresh",
         "_holder",
+        "_kernel",
         "_lent",
         "_mutex",
         "_pool",
@@ -153,6 +171,7 @@ class PersistentConn:
         self._timeout = pool.options.io_timeout
         self._dirty = False  # this lend changed the timeout or exposed the socket: put restores
         self._exposed = False  # the raw socket was handed out: it uses Python's timeouts
+        self._kernel = False  # the socket's timeout is the kernel's (see _configure)
         self._mutex = threading.Lock()  # orders _drop against abort(); never held during I/O
 
     # -- what the caller sees -------------------------------------------------
@@ -176,7 +195,7 @@ class PersistentConn:
         """
         self._fresh = False
         sock = self._sock
-        if sock is not None and _KERNEL_TIMEOUTS and not self._exposed:
+        if sock is not None and self._kernel and not self._exposed:
             sock.settimeout(self._timeout)
             self._exposed = self._dirty = True
         return sock
@@ -335,13 +354,16 @@ class PersistentConn:
                 # same idle + 3 probes instead of the ~15 min retransmission limit.
                 limit_ms = (idle + 3 * interval) * 1000
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, limit_ms)
-        if _KERNEL_TIMEOUTS:
+        # Kernel timeouts, unless a periodic timer's signals could keep restarting them
+        # (checked at each dial, so a timer armed later applies from the next one).
+        self._kernel = _KERNEL_TIMEOUTS and not _periodic_timer()
+        self._exposed = False
+        if self._kernel:
             sock.settimeout(None)  # blocking: the kernel enforces the bound
-            self._exposed = False
         self._apply_timeout(sock)
 
     def _apply_timeout(self, sock: Socket) -> None:
-        if _KERNEL_TIMEOUTS and not self._exposed:
+        if self._kernel and not self._exposed:
             _set_kernel_timeout(sock, self._timeout)
         else:
             sock.settimeout(self._timeout)

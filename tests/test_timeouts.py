@@ -10,7 +10,9 @@ either way, so the behavioural tests run in both modes (``mode`` fixture).
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,6 +163,33 @@ def test_makefile_on_the_exposed_socket_times_out_instead_of_returning_part(mode
                 reader.close()
     finally:
         listener.close()
+
+
+@linux_only
+def test_a_periodic_timer_keeps_the_bound(rr_server: RequestReplyServer):
+    """Signals from a periodic timer (a sampling profiler) would restart a kernel-timed
+    wait from zero each time; with one armed, members dial with Python timeouts, whose
+    deadline holds across the restarts."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread only")
+    ticks = [0]
+
+    def tick(signum: int, frame: object) -> None:
+        ticks[0] += 1
+
+    previous = signal.signal(signal.SIGALRM, tick)
+    signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+    try:
+        with one_member(rr_server.address, io_timeout=0.3) as (_pool, conn):
+            rr_server.fail_next(1, "stall")
+            conn.sendall(b"req-1 x\n")
+            assert bounds(conn) == (0.3, None, None)
+            with within(0.3, MARGIN, at_least=0.29), pytest.raises(gocp.IOTimeout):
+                conn.recv(64)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert ticks[0] >= 5  # the signals did keep coming during the wait
 
 
 # -- the bound holds, in both modes -----------------------------------------------------------
