@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 import threading
 import time
@@ -233,19 +235,23 @@ def test_waiter_reuse_under_racing_timeouts_loses_nothing():
         errors: list[BaseException] = []
         served = [0]
 
-        def caller() -> None:
+        def caller(timeouts: itertools.cycle[float]) -> None:
             while not stop.is_set():
                 try:
-                    member = pool.get(timeout=0.0005)
+                    member = pool.get(timeout=next(timeouts))
                 except gocp.PoolTimeout:
                     continue
                 except BaseException as exc:
                     errors.append(exc)
                     return
                 served[0] += 1
+                os.sched_yield()  # hand the interpreter to others while holding it
                 pool.put(member)
 
-        threads = [threading.Thread(target=caller) for _ in range(6)]
+        # Some waits all but surely time out, others are all but surely served.
+        threads = [
+            threading.Thread(target=caller, args=(itertools.cycle([1e-5, 0.05]),)) for _ in range(6)
+        ]
         for thread in threads:
             thread.start()
         try:
