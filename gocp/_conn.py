@@ -35,10 +35,14 @@ _SO_KEEPALIVE_OPTS = [
 #: On 64-bit Linux a member's ``io_timeout`` is the kernel's SO_RCVTIMEO/SO_SNDTIMEO on a
 #: blocking socket: each recv or send is one system call. A Python socket timeout polls
 #: before every call instead (two system calls, two GIL hand-offs).
+#: Little-endian only: where tv_usec is an int (sparc64) a big-endian long would read as 0.
 _KERNEL_TIMEOUTS = (
-    sys.platform == "linux" and struct.calcsize("@l") == 8 and hasattr(socket, "SO_RCVTIMEO")
+    sys.platform == "linux"
+    and struct.calcsize("@l") == 8
+    and sys.byteorder == "little"
+    and hasattr(socket, "SO_RCVTIMEO")
 )
-_TIMEVAL = struct.Struct("@ll")  # struct timeval: tv_sec, tv_usec (both long on 64-bit Linux)
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: tv_sec, tv_usec (long, or int + padding)
 _AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 
 
@@ -62,17 +66,33 @@ def _set_kernel_timeout(sock: Socket, seconds: float | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
-def _periodic_timer() -> bool:
-    """Whether an interval timer re-arms itself (a sampling profiler, say).
+def _interval_timer_armed() -> bool:
+    """Whether a periodic interval timer is armed (``signal.setitimer`` with an interval,
+    as sampling profilers arm one).
 
-    A signal interrupts a kernel-timed wait, and Python restarts it with the
+    A signal interrupts a kernel-timed wait and Python restarts it with the
     whole timeout again, so signals that keep coming could stretch the wait
-    without end; Python's own timeouts keep a deadline across restarts.
+    without end; Python's own timeouts keep one deadline across restarts. A
+    one-shot alarm (``pytest-timeout``, a request deadline) restarts a wait
+    at most once, so it does not count.
     """
     return any(
         signal.getitimer(which)[1] > 0
         for which in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
     )
+
+
+_TIMER_RECHECK = 1.0  # seconds between two reads of the interval timers
+_timer_cache = [0.0, False]  # [when to read them again, whether one was armed]
+
+
+def _timers_armed(fresh: bool = False) -> bool:
+    """``_interval_timer_armed()``, read again at most every ``_TIMER_RECHECK`` seconds."""
+    now = _monotonic()
+    if fresh or now >= _timer_cache[0]:
+        _timer_cache[1] = _interval_timer_armed()
+        _timer_cache[0] = now + _TIMER_RECHECK
+    return bool(_timer_cache[1])
 
 
 def kernel_timeout(sock: Socket) -> tuple[float | None, float | None]:
@@ -138,9 +158,12 @@ class PersistentConn:
       each wait for progress: a large ``sendall`` that keeps moving may take
       longer in all. ``conn.socket`` switches the socket to an ordinary Python
       timeout until the member is put back. While a periodic interval timer
-      is armed (``signal.setitimer``, as sampling profilers do) new
-      connections use Python timeouts instead: each signal would restart the
-      kernel's wait from zero.
+      is armed (``signal.setitimer`` with an interval, as sampling profilers
+      arm one) members use Python timeouts instead, since each signal would
+      restart the kernel's wait from zero; this is checked when a member
+      dials and, at most once a second, at the first send of a lend. Other
+      signals that a handler catches and that keep arriving at the thread
+      blocked in a call (faster than the timeout) can stretch its wait.
     """
 
     __module__ = "gocp"
@@ -195,8 +218,8 @@ class PersistentConn:
         """
         self._fresh = False
         sock = self._sock
-        if sock is not None and self._kernel and not self._exposed:
-            sock.settimeout(self._timeout)
+        if sock is not None and self._kernel:
+            self._use_python_timeouts(sock)
             self._exposed = self._dirty = True
         return sock
 
@@ -231,12 +254,23 @@ class PersistentConn:
         if sock is None or self._fresh:
             sock = self._for_send()
         try:
-            sock.sendall(data)
+            if self._kernel:  # the kernel bounds each send: each wait for progress
+                sock.sendall(data)
+            else:  # a Python timeout would bound the whole sendall: bound each step
+                view = memoryview(data).cast("B")
+                sent, total = 0, view.nbytes
+                while sent < total:
+                    sent += sock.send(view[sent:])
         except OSError as exc:
             raise self._broke("sendall", exc)  # noqa: B904 (_broke sets the cause)
 
     def send(self, data: ReadableBuffer) -> int:
-        """Send some of ``data``; return how many bytes were sent."""
+        """Send some of ``data``; return how many bytes were sent.
+
+        With kernel timeouts (see the class doc) the socket is blocking, so this
+        waits, as a blocking socket's ``send`` does, until all of ``data`` is
+        queued or a wait for buffer space runs past the timeout.
+        """
         sock = self._sock
         if sock is None or self._fresh:
             sock = self._for_send()
@@ -297,6 +331,8 @@ class PersistentConn:
         sock = self._sock
         if sock is not None and self._fresh:
             self._fresh = False
+            if self._kernel and _timers_armed():
+                self._use_python_timeouts(sock)  # for this socket's life
             if _TCP_INFO is not None:  # _stale(sock), inlined: this runs on every lend
                 try:
                     stale = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, 1) != _ESTABLISHED
@@ -354,28 +390,34 @@ class PersistentConn:
                 # same idle + 3 probes instead of the ~15 min retransmission limit.
                 limit_ms = (idle + 3 * interval) * 1000
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, limit_ms)
-        # Kernel timeouts, unless a periodic timer's signals could keep restarting them
-        # (checked at each dial, so a timer armed later applies from the next one).
-        self._kernel = _KERNEL_TIMEOUTS and not _periodic_timer()
+        # Kernel timeouts, unless an interval timer's signals could keep restarting them
+        # (read again at the first send of each lend, at most once a second).
+        self._kernel = _KERNEL_TIMEOUTS and not _timers_armed(fresh=True)
         self._exposed = False
         if self._kernel:
             sock.settimeout(None)  # blocking: the kernel enforces the bound
         self._apply_timeout(sock)
 
     def _apply_timeout(self, sock: Socket) -> None:
-        if self._kernel and not self._exposed:
+        if self._kernel:
             _set_kernel_timeout(sock, self._timeout)
         else:
             sock.settimeout(self._timeout)
+
+    def _use_python_timeouts(self, sock: Socket) -> None:
+        """Switch a kernel-timed socket to an ordinary Python timeout."""
+        _set_kernel_timeout(sock, None)  # or a blocking call would still see the kernel's
+        sock.settimeout(self._timeout)
+        self._kernel = False
 
     def _restore(self, timeout: float | None) -> None:
         """At put: undo what the lend changed (the timeout, the exposed socket's mode)."""
         self._timeout = timeout
         sock = self._sock
         if sock is not None:
-            if self._exposed:
+            if self._exposed and _KERNEL_TIMEOUTS and not _timers_armed():
                 sock.settimeout(None)
-                self._exposed = False
+                self._kernel = True
             self._apply_timeout(sock)
         self._exposed = self._dirty = False
 
@@ -427,7 +469,7 @@ class PersistentConn:
         connection) and make the lock usable again."""
         self._mutex = threading.Lock()
         self._timeout = self._pool.options.io_timeout
-        self._aborted = self._fresh = self._dirty = self._exposed = False
+        self._aborted = self._fresh = self._dirty = self._exposed = self._kernel = False
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()  # the parent still holds the file: no FIN, no RST

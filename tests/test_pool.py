@@ -228,6 +228,51 @@ def test_waiters_are_reused_after_timeouts_and_hand_offs():
         assert pool.stats().idle == 1
 
 
+class _HookedLock:
+    """A waiter lock whose timed wait, once it gives up, first runs a hook: a put or a
+    close landing between the timeout and the pool lock, deterministically."""
+
+    hooks: list[Callable[[], None]] = []
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if not got and blocking and self.hooks:
+            self.hooks.pop()()
+        return got
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
+def test_waiter_served_just_after_its_timeout_is_re_armed(monkeypatch):
+    from gocp import _pool
+
+    monkeypatch.setattr(_pool, "_allocate_lock", _HookedLock)
+    monkeypatch.setattr(_HookedLock, "hooks", [])
+    with gocp.new(unused_address(), size=1) as pool:
+        held = pool.get()
+        _HookedLock.hooks.append(lambda: pool.put(held))  # served as the wait gives up
+        assert pool.get(timeout=0.01) is held  # the hand-off wins over the timeout
+        (waiter,) = pool._spare_waiters
+        assert waiter.lock.locked()  # re-armed: its next wait really waits
+        started = time.monotonic()
+        with pytest.raises(gocp.PoolTimeout):
+            pool.get(timeout=0.1)
+        assert time.monotonic() - started >= 0.09
+        _HookedLock.hooks.append(pool.close)  # closed as the wait gives up
+        with pytest.raises(gocp.PoolClosed):
+            pool.get(timeout=0.01)
+        pool.put(held)
+        stats = pool.stats()
+        assert (stats.in_use, stats.waiting, stats.timeouts) == (0, 0, 1)
+
+
 def test_waiter_reuse_under_racing_timeouts_loses_nothing():
     """Timeouts racing hand-offs (the served-after-timeout path re-arms the lock)."""
     with gocp.new(unused_address(), size=2) as pool:

@@ -23,7 +23,7 @@ from invariants import MARGIN, round_trip, within
 
 import gocp
 from gocp import _conn
-from gocp.testing import RequestReplyServer
+from gocp.testing import FaultProxy, RequestReplyServer
 
 KERNEL = _conn._KERNEL_TIMEOUTS
 linux_only = pytest.mark.skipif(not KERNEL, reason="kernel timeouts are used on 64-bit Linux only")
@@ -192,6 +192,61 @@ def test_a_periodic_timer_keeps_the_bound(rr_server: RequestReplyServer):
     assert ticks[0] >= 5  # the signals did keep coming during the wait
 
 
+@linux_only
+def test_settimeout_none_after_taking_the_socket_leaves_no_kernel_bound(echo_server):
+    with one_member(echo_server.address, io_timeout=0.5) as (_pool, conn):
+        assert round_trip(conn) == b"ping"
+        sock = conn.socket
+        assert sock is not None
+        conn.settimeout(None)
+        # A blocking socket with a kernel bound left on it would time out (and a makefile
+        # reader would return half a line): both bounds must be gone.
+        assert sock.gettimeout() is None
+        assert _conn.kernel_timeout(sock) == (None, None)
+
+
+def test_put_after_the_holder_closed_the_taken_socket(mode, echo_server):
+    with gocp.new(echo_server.address, size=1, io_timeout=3) as pool:
+        conn = pool.get()
+        assert round_trip(conn) == b"ping"
+        conn.settimeout(1.0)
+        sock = conn.socket
+        assert sock is not None
+        sock.close()  # not how it should be done, but a Go user does close OriginalConn
+        pool.put(conn)  # the slot comes back
+        assert pool.stats().idle == 1
+        conn = pool.get(timeout=0)
+        assert round_trip(conn) == b"ping"  # on a new socket
+        assert conn.gettimeout() == 3.0
+        pool.put(conn)
+
+
+@linux_only
+def test_a_timer_armed_after_the_dial_applies_from_the_next_lend(rr_server, monkeypatch):
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread only")
+    monkeypatch.setattr(_conn, "_TIMER_RECHECK", 0.0)  # read the timers at every lend
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    try:
+        with gocp.new(rr_server.address, size=1, io_timeout=0.3) as pool:
+            conn = pool.get()
+            conn.sendall(b"warm-up x\n")
+            assert read_line(conn) == b"warm-up 1\n"
+            assert bounds(conn) == (None, 0.3, 0.3)  # dialled with kernel timeouts
+            pool.put(conn)
+            signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+            conn = pool.get()
+            rr_server.fail_next(1, "stall")
+            conn.sendall(b"req-1 x\n")
+            assert bounds(conn) == (0.3, None, None)
+            with within(0.3, MARGIN, at_least=0.29), pytest.raises(gocp.IOTimeout):
+                conn.recv(64)
+            pool.put(conn)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # -- the bound holds, in both modes -----------------------------------------------------------
 
 
@@ -235,6 +290,35 @@ def test_stalled_send_raises_io_timeout(mode):
             assert conn.connected is False
     finally:
         listener.close()
+
+
+def test_sendall_bounds_each_wait_not_the_whole_transfer(mode):
+    """24 MiB through a proxy limited to 16 MiB/s takes over a second, far more than
+    ``io_timeout``, and succeeds: the timeout bounds each wait for progress (a Python
+    socket timeout alone would bound the whole ``sendall``)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def sink() -> None:
+        peer, _ = listener.accept()
+        with peer:
+            while peer.recv(1 << 20):
+                pass
+
+    reader = threading.Thread(target=sink)
+    reader.start()
+    try:
+        with FaultProxy(listener.getsockname()) as proxy:
+            proxy.set_bandwidth(16 << 20, direction="up")
+            with one_member(proxy.address, io_timeout=0.3) as (pool, conn):
+                with within(10.0, at_least=0.35):
+                    conn.sendall(bytes(24 << 20))
+                pool.put(conn, broken=True)  # ends the sink's connection
+    finally:
+        reader.join(10)
+        listener.close()
+    assert not reader.is_alive()
 
 
 def test_tiny_timeout_still_bounds(mode, rr_server: RequestReplyServer):
