@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -146,3 +147,67 @@ def test_fork_keeps_the_forking_threads_member_and_drops_a_stuck_probe():
     assert child["held_timeout"] == 30.0  # the parent's per-lend timeout is not inherited
     assert child["held_reply"] == "z"  # redialled its own socket
     assert out["parent_reply"] == "p"  # the parent's connection was untouched
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+def test_interrupts_during_get_and_put_never_leave_the_lock_held():
+    """A signal handler that raises can land anywhere in get and put; the pool's lock must
+    never stay held (every later call would hang). Hundreds of interrupts, at random."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread only")
+    armed = False
+
+    def handler(signum: int, frame: object) -> None:
+        if armed:
+            raise _Interrupt
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    stop = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupter() -> None:
+        while not stop.is_set():
+            signal.pthread_kill(main, signal.SIGUSR1)
+            stop.wait(0.0002)
+
+    thread = threading.Thread(target=interrupter)
+    interrupts = 0
+    stuck = False
+    pool = gocp.new(("127.0.0.1", 9), size=2)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 20
+        while interrupts < 300 and time.monotonic() < deadline:
+            try:
+                armed = True
+                for _ in range(100):
+                    pool.put(pool.get(timeout=0))
+            except _Interrupt:
+                interrupts += 1
+            except gocp.PoolTimeout:
+                pass  # a member lost to an interrupt between get's return and put
+            finally:
+                armed = False
+            if not pool._lock.acquire(timeout=1):
+                stuck = True
+                break
+            pool._lock.release()
+            for member in pool._members:  # give back what an interrupt stranded
+                if member._lent:
+                    pool.put(member)
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+        if not stuck:
+            pool.close()
+    assert not stuck, f"the pool's lock was left held after {interrupts} interrupts"
+    assert interrupts >= 100
