@@ -217,3 +217,63 @@ def test_interrupts_during_get_and_put_never_leave_the_lock_held():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["stuck"] is False, f"the pool's lock was left held: {result}"
     assert result["interrupts"] >= 100
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def test_get_interrupted_while_waiting_for_the_lock_leaves_the_holders_lock_alone():
+    """A caller interrupted while it waits for the pool's lock never held it, so it must not
+    release it: the thread that does hold it still owns it afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers run in the main thread only")
+    armed = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if armed.is_set():
+            raise _Interrupted
+
+    handler(signal.SIGUSR1, None)  # once unarmed: a tracer meets it before it matters
+    previous = signal.signal(signal.SIGUSR1, handler)
+    pool = gocp.new(("127.0.0.1", 9), size=1)
+    holding, interrupted, release = threading.Event(), threading.Event(), threading.Event()
+    owned_after: list[bool] = []
+
+    def holder() -> None:
+        with pool._lock:
+            holding.set()
+            release.wait(10)
+            owned_after.append(pool._lock._is_owned())  # type: ignore[attr-defined]
+
+    def interrupter() -> None:
+        main = threading.main_thread().ident
+        assert main is not None
+        while not interrupted.wait(0.01):
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    holder_thread = threading.Thread(target=holder)
+    interrupter_thread = threading.Thread(target=interrupter)
+    try:
+        holder_thread.start()
+        assert holding.wait(10)
+        armed.set()
+        interrupter_thread.start()
+        with pytest.raises(_Interrupted):
+            pool.get(timeout=5)  # blocks on the lock until a signal lands
+        armed.clear()
+        interrupted.set()
+    finally:
+        armed.clear()
+        interrupted.set()
+        release.set()
+        holder_thread.join(10)
+        if interrupter_thread.is_alive():
+            interrupter_thread.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+    assert owned_after == [True]  # the holder still owned its lock
+    assert pool.get(timeout=0) is pool._members[0]  # and the pool works
+    pool.close()
