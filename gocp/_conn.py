@@ -331,7 +331,11 @@ class PersistentConn:
         sock = self._sock
         if sock is not None and self._fresh:
             self._fresh = False
-            if self._kernel and _timers_armed():
+            if (
+                self._kernel
+                and (_timer_cache[1] or _monotonic() >= _timer_cache[0])  # _timers_armed()'s
+                and _timers_armed()  # fast path, inlined: this runs on every lend
+            ):
                 self._use_python_timeouts(sock)  # for this socket's life
             if _TCP_INFO is not None:  # _stale(sock), inlined: this runs on every lend
                 try:
