@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -127,17 +128,22 @@ FORK_CHILD = """
 """
 
 
-@pytest.mark.timeout(60)
-def test_fork_keeps_the_forking_threads_member_and_drops_a_stuck_probe():
+def run_child(script: str, timeout: float) -> Any:
+    """Run ``script`` in a fresh interpreter; return the JSON of its last line of output."""
     run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FORK_CHILD)],
+        [sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
         text=True,
-        timeout=45,
+        timeout=timeout,
         check=False,
     )
-    assert run.returncode == 0, run.stderr
-    out = json.loads(run.stdout)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(60)
+def test_fork_keeps_the_forking_threads_member_and_drops_a_stuck_probe():
+    out = run_child(FORK_CHILD, timeout=45)
     assert out["status"] == 0
     child = out["child"]
     assert child["other_is_held"] is False  # never lent twice
@@ -206,15 +212,7 @@ def test_interrupts_during_get_and_put_never_leave_the_lock_held():
     """A signal handler that raises can land anywhere in get and put; the pool's lock must
     never stay held (every later call would hang). Hundreds of interrupts at random, in a
     child process: an interrupt landing inside a tracer (coverage) would break the tracer."""
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(INTERRUPT_CHILD)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = run_child(INTERRUPT_CHILD, timeout=50)
     assert result["stuck"] is False, f"the pool's lock was left held: {result}"
     assert result["interrupts"] >= 100
 
