@@ -47,8 +47,8 @@ _get_ident = threading.get_ident
 class _Waiter:
     """A caller blocked in ``get``: a held lock that the pool releases to wake it.
 
-    Waiters are reused (``Pool._spare_waiters``): making one costs a lock and an
-    ``__init__``, a fifth of a contended get+put.
+    Served waiters are reused (``Pool._spare_waiters``): making one costs a lock
+    and an ``__init__``, a fifth of a contended get+put.
     """
 
     __slots__ = ("lock", "member")
@@ -117,7 +117,7 @@ class Pool:
         self.options = Options.build(options)
         self._io_timeout = self.options.io_timeout  # read on every put
         self._log = make_log(logger)
-        # An RLock, for its owner: see _fast_section below. Never taken twice by one thread.
+        # An RLock, for its owner (see "Taking the lock" above); never taken twice by a thread.
         self._lock = threading.RLock()
         self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
         self._members = tuple(PersistentConn(self, index) for index in range(size))
@@ -151,58 +151,76 @@ class Pool:
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
         lock = self._lock
-        try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
-            lock.acquire()
-            member = self._core.lend()
-            if member is not None:
-                member._fresh = True
-                member._holder = _get_ident()
-                return member
-            if timeout == 0:
-                self._core.timeouts += 1
-                raise PoolTimeout("no idle member (timeout=0)", timeout=0.0)
-            spare = self._spare_waiters
-            waiter = spare.pop() if spare else _Waiter()
-            self._core.enqueue(waiter)
-        finally:
-            try:
-                lock.release()
-            except RuntimeError:  # interrupted while waiting for it: never held
-                pass
-        core = self._core
+        member: PersistentConn | None = None
+        waiter: _Waiter | None = None
         try:
-            if timeout is None:
-                waiter.lock.acquire()
-            elif not waiter.lock.acquire(True, timeout):
-                with self._lock:
-                    if core.cancel(waiter):  # nobody released its lock: it can serve again
-                        self._spare_waiters.append(waiter)
-                        raise PoolTimeout(
-                            f"no member of {self.address_text} became free within {timeout}s",
-                            timeout=timeout,
-                        )
-                # Served, or woken by close(), between the timeout and the lock: both
-                # released its lock under the pool lock, so this takes it back at once.
-                waiter.lock.acquire(False)
-            member = waiter.member
+            try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
+                lock.acquire()
+                member = self._core.lend()
+                if member is None:
+                    if timeout == 0:
+                        self._core.timeouts += 1
+                        raise PoolTimeout("no idle member (timeout=0)", timeout=0.0)
+                    spare = self._spare_waiters
+                    waiter = spare.pop() if spare else _Waiter()
+                    self._core.enqueue(waiter)
+            finally:
+                try:
+                    lock.release()
+                except RuntimeError:  # interrupted while waiting for it: never held
+                    pass
             if member is None:
-                raise PoolClosed("pool was closed while waiting")
+                # In this order, an interrupt at any point leaves _abandon what it needs.
+                served = waiter
+                assert served is not None
+                member = self._wait(served, timeout)
+                waiter = None
+                served.member = None  # its lock is held again: it can serve another wait
+                self._spare_waiters.append(served)
+            member._fresh = True
+            member._holder = _get_ident()
+            return member
         except (PoolTimeout, PoolClosed):
             raise
         except BaseException:
-            # Interrupted (a signal, say): leave the queue, or give back what we got.
-            # The waiter is not reused: its lock's state is unknown.
-            with self._lock:
-                core.cancel(waiter)
-            if waiter.member is not None:
-                self.put(waiter.member)
+            # Interrupted (a signal handler raised): leave the queue and give back
+            # whatever this call took but never handed to its caller.
+            self._abandon(member, waiter)
             raise
-        # Served: the lock is held again, as a fresh waiter's is; keep the waiter for reuse.
-        waiter.member = None
-        self._spare_waiters.append(waiter)  # list.append is atomic
-        member._holder = _get_ident()
-        member._fresh = True
+
+    def _wait(self, waiter: _Waiter, timeout: float | None) -> PersistentConn:
+        """Wait until ``waiter`` is served (its member) or closed, or time runs out."""
+        if timeout is None:
+            waiter.lock.acquire()
+        elif not waiter.lock.acquire(True, timeout):
+            with self._lock:
+                # Withdrawn: raise. A timed-out waiter is dropped, not kept for reuse: if
+                # an interrupt came before the raise, _abandon could withdraw it again
+                # after another thread had queued it anew.
+                if self._core.cancel(waiter):
+                    raise PoolTimeout(
+                        f"no member of {self.address_text} became free within {timeout}s",
+                        timeout=timeout,
+                    )
+            # Served, or woken by close(), between the timeout and the lock: both
+            # released its lock under the pool lock, so this takes it back at once.
+            waiter.lock.acquire(False)
+        member = waiter.member
+        if member is None:
+            raise PoolClosed("pool was closed while waiting")
         return member
+
+    def _abandon(self, member: PersistentConn | None, waiter: _Waiter | None) -> None:
+        """Undo an interrupted ``get``: withdraw its waiter, return what it was lent.
+
+        The waiter is not reused: the state of its lock is unknown."""
+        if waiter is not None:
+            with self._lock:
+                self._core.cancel(waiter)  # False if it was served: then it holds a member
+            if member is None:
+                member = waiter.member
+        if member is not None and member._lent:
+            self.put(member)
 
     def put(self, conn: PersistentConn, broken: bool = False) -> None:
         """Give back a member lent by ``get``.
@@ -245,20 +263,23 @@ class Pool:
 
     def _put_broken(self, conn: PersistentConn) -> None:
         core = self._core
-        with self._lock:
-            if not conn._lent:
-                raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
-            core.begin_return(conn)
-            if conn._sock is not None:  # a break during I/O was counted when it happened
-                core.broken += 1
-        try:
+        begun = False
+        try:  # begun from inside the try: an interrupt right after it still comes back
+            with self._lock:
+                if not conn._lent:
+                    raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
+                core.begin_return(conn)
+                begun = True
+                if conn._sock is not None:  # a break during I/O was counted when it happened
+                    core.broken += 1
             conn._drop()  # outside the lock: closing is I/O
             conn._restore(self._io_timeout)
         finally:  # even if interrupted: the slot must come back
-            with self._lock:
-                waiter = core.finish_return(conn)
-                if waiter is not None:
-                    waiter.lock.release()
+            if begun:
+                with self._lock:
+                    waiter = core.finish_return(conn)
+                    if waiter is not None:
+                        waiter.lock.release()
 
     def connection(self, timeout: float | None = None) -> Lend:
         """A context manager: ``get`` a member for a ``with`` block, ``put`` it back after.

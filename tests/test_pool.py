@@ -207,14 +207,14 @@ def test_timed_out_waiter_leaves_the_queue():
 
 
 def test_waiters_are_reused_after_timeouts_and_hand_offs():
-    """A waiter object serves again after it timed out or was served; its lock is re-armed
-    each time, so a later wait really waits and really wakes."""
+    """A served waiter serves again; its lock is re-armed each time, so a later wait
+    really waits and really wakes."""
     with gocp.new(unused_address(), size=1) as pool:
         held = pool.get()
         for _ in range(3):
             with pytest.raises(gocp.PoolTimeout):
                 pool.get(timeout=0.01)
-        assert len(pool._spare_waiters) == 1  # one waiter, timed out three times
+        assert pool._spare_waiters == []  # timed-out waiters are dropped
         for _ in range(3):
             (waiter,) = start_waiters(pool, [lambda: pool.get(timeout=5)])
             assert wait_until(lambda: pool.stats().waiting == 1, timeout=5)
