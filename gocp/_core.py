@@ -49,7 +49,6 @@ class PoolCore(Generic[M, W]):
         "idle",
         "lends",
         "members",
-        "returning",
         "stale",
         "timeouts",
         "waiters",
@@ -61,7 +60,6 @@ class PoolCore(Generic[M, W]):
         self.idle: deque[M] = deque(self.members)
         self.waiters: deque[W] = deque()
         self.closed = False
-        self.returning = 0  # members between begin_return and finish_return
         self.lends = self.waits = self.timeouts = 0
         self.dials = self.dial_failures = self.broken = self.stale = 0
 
@@ -72,8 +70,13 @@ class PoolCore(Generic[M, W]):
         the Go original's channel does, so every connection stays exercised.
         Raises ``PoolClosed`` once the pool is closed.
         """
-        if self.idle:
-            member = self.idle.popleft()
+        idle = self.idle
+        if idle:
+            # No call between taking the member and returning it: CPython runs signal
+            # handlers only after calls (and at loop jumps and function entries), so a
+            # handler that raises cannot leave a member neither idle nor lent.
+            member = idle[0]
+            del idle[0]
             member._lent = True
             self.lends += 1
             return member
@@ -103,8 +106,10 @@ class PoolCore(Generic[M, W]):
         When the pool is closed the member is marked not lent and kept out of
         the idle set; the caller closes it.
         """
-        if self.waiters:
-            waiter = self.waiters.popleft()
+        waiters = self.waiters
+        if waiters:
+            waiter = waiters[0]  # no call until it is served (see lend)
+            del waiters[0]
             waiter.member = member
             self.lends += 1
             return waiter
@@ -112,17 +117,6 @@ class PoolCore(Generic[M, W]):
         if not self.closed:
             self.idle.append(member)
         return None
-
-    def begin_return(self, member: M) -> None:
-        """A lent member is coming back but must be closed first: not lent, not idle yet."""
-        member._lent = False
-        self.returning += 1
-
-    def finish_return(self, member: M) -> W | None:
-        """The member started by ``begin_return`` is ready: as ``give_back``."""
-        self.returning -= 1
-        member._lent = True
-        return self.give_back(member)
 
     def close(self) -> tuple[list[M], list[W]]:
         """Mark closed; return the idle members to close and the waiters to wake."""
@@ -136,7 +130,6 @@ class PoolCore(Generic[M, W]):
         """In a forked child only the forking thread survives: the members it holds
         (``still_lent``) stay lent, every other member is idle again, nobody waits."""
         self.waiters.clear()
-        self.returning = 0
         for member in self.members:
             member._lent = member in still_lent
         idle = [] if self.closed else [m for m in self.members if not m._lent]

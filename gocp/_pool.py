@@ -262,24 +262,21 @@ class Pool:
             conn._drop()
 
     def _put_broken(self, conn: PersistentConn) -> None:
-        core = self._core
-        begun = False
-        try:  # begun from inside the try: an interrupt right after it still comes back
+        if not conn._lent:  # checked again under the lock; this spares an idle member
+            raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
+        had_socket = conn._sock is not None  # a break during I/O was counted when it happened
+        try:
+            conn._drop()  # outside the lock, as closing is I/O; the member is still lent
+            conn._restore(self._io_timeout)
+        finally:  # even if interrupted: the slot must come back
             with self._lock:
                 if not conn._lent:
                     raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
-                core.begin_return(conn)
-                begun = True
-                if conn._sock is not None:  # a break during I/O was counted when it happened
-                    core.broken += 1
-            conn._drop()  # outside the lock: closing is I/O
-            conn._restore(self._io_timeout)
-        finally:  # even if interrupted: the slot must come back
-            if begun:
-                with self._lock:
-                    waiter = core.finish_return(conn)
-                    if waiter is not None:
-                        waiter.lock.release()
+                if had_socket:
+                    self._core.broken += 1
+                waiter = self._core.give_back(conn)
+                if waiter is not None:
+                    waiter.lock.release()
 
     def connection(self, timeout: float | None = None) -> Lend:
         """A context manager: ``get`` a member for a ``with`` block, ``put`` it back after.
@@ -323,7 +320,7 @@ class Pool:
         """A consistent, immutable snapshot of gauges and counters (see ``PoolStats``)."""
         core = self._core
         with self._lock:
-            in_use = sum(1 for member in self._members if member._lent) + core.returning
+            in_use = sum(1 for member in self._members if member._lent)
             return PoolStats(
                 address=self.address_text,
                 size=len(self._members),

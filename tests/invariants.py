@@ -162,7 +162,7 @@ def assert_full_pool(
 ) -> None:
     """Assert the pool is back to its full size of usable, distinct members.
 
-    Gauges: ``idle == size``, nothing lent, returning or waiting. Then every
+    Gauges: ``idle == size``, nothing lent or waiting. Then every
     member is taken at once (``get(timeout=0)`` must succeed ``size`` times,
     with ``size`` distinct objects) and does one ``round_trip`` (skipped when
     ``None``). A ``DialError`` (nothing was sent, so retrying is safe) is

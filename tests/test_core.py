@@ -178,41 +178,14 @@ def test_give_back_after_close_keeps_member_out():
         core.lend()
 
 
-def test_begin_and_finish_return():
-    core, (a,) = make(1)
-    core.lend()
-    core.begin_return(a)
-    assert not a._lent
-    assert core.returning == 1
-    assert not core.idle  # not lendable while it is being closed
-    assert core.lend() is None
-    waiter = Waiter()
-    core.enqueue(waiter)
-    assert core.finish_return(a) is waiter
-    assert core.returning == 0
-    assert waiter.member is a
-    assert a._lent
-
-
-def test_finish_return_to_idle():
-    core, (a,) = make(1)
-    core.lend()
-    core.begin_return(a)
-    assert core.finish_return(a) is None
-    assert list(core.idle) == [a]
-    assert not a._lent
-
-
 def test_reset_after_fork():
     core, (a, b, c) = make(3)
     core.lend()  # a: lent to a thread that does not exist in the child
     core.lend()  # b: lent to the forking thread, which does
     core.enqueue(Waiter())
-    assert core.lend() is c
-    core.begin_return(c)  # c: being closed by a put(broken=True) when the fork happened
+    assert core.lend() is c  # c: being closed by another thread's put(broken=True)
     core.reset_after_fork([b])
     assert not core.waiters
-    assert core.returning == 0
     assert list(core.idle) == [a, c]
     assert not a._lent
     assert b._lent
@@ -265,17 +238,13 @@ class CoreMachine(RuleBasedStateMachine):
         return None
 
     @precondition(lambda self: self.core is not None)
-    @rule(member=consumes(lent), broken=st.booleans())
-    def put(self, member: Member | None, broken: bool) -> None:
+    @rule(member=consumes(lent))
+    def put(self, member: Member | None) -> None:
         core = self.core
         assert core is not None
         if member is None:
             return
-        if broken:
-            core.begin_return(member)
-            waiter = core.finish_return(member)
-        else:
-            waiter = core.give_back(member)
+        waiter = core.give_back(member)  # broken or not: the core sees the same return
         if self.model_queue:
             expected = self.model_queue.pop(0)
             assert waiter is expected
