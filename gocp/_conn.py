@@ -218,9 +218,11 @@ class PersistentConn:
         """
         self._fresh = False
         sock = self._sock
-        if sock is not None and self._kernel:
-            self._use_python_timeouts(sock)
-            self._exposed = self._dirty = True
+        if sock is not None:
+            self._dirty = True  # whatever the caller sets on it is undone at put
+            if self._kernel:
+                self._use_python_timeouts(sock)
+                self._exposed = True
         return sock
 
     @property
@@ -257,10 +259,10 @@ class PersistentConn:
             if self._kernel:  # the kernel bounds each send: each wait for progress
                 sock.sendall(data)
             else:  # a Python timeout would bound the whole sendall: bound each step
-                view = memoryview(data).cast("B")
-                sent, total = 0, view.nbytes
-                while sent < total:
-                    sent += sock.send(view[sent:])
+                with memoryview(data) as whole, whole.cast("B") as view:
+                    sent, total = 0, view.nbytes
+                    while sent < total:
+                        sent += sock.send(view[sent:])
         except OSError as exc:
             raise self._broke("sendall", exc)  # noqa: B904 (_broke sets the cause)
 

@@ -235,7 +235,7 @@ class Pool:
             raise TypeError(f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}")
         if conn._pool is not self:
             raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
-        if conn._dirty:  # this lend changed the timeout or took the raw socket
+        if conn._dirty and not broken:  # this lend changed the timeout or took the socket
             try:
                 conn._restore(self._io_timeout)  # socket options only: outside the lock
             except OSError:  # e.g. the holder closed the socket it took with conn.socket

@@ -221,6 +221,20 @@ def test_put_after_the_holder_closed_the_taken_socket(mode, echo_server):
         pool.put(conn)
 
 
+def test_what_the_holder_sets_on_the_taken_socket_is_undone_at_put(mode, echo_server):
+    with gocp.new(echo_server.address, size=1, io_timeout=2.0) as pool:
+        conn = pool.get()
+        assert round_trip(conn) == b"ping"
+        sock = conn.socket
+        assert sock is not None
+        sock.settimeout(7.0)  # on the raw socket, not with conn.settimeout
+        pool.put(conn)
+        conn = pool.get()
+        assert round_trip(conn) == b"ping"
+        assert bounds(conn) == ((None, 2.0, 2.0) if mode == "kernel" else (2.0, None, None))
+        pool.put(conn)
+
+
 @linux_only
 def test_a_timer_armed_after_the_dial_applies_from_the_next_lend(rr_server, monkeypatch):
     if threading.current_thread() is not threading.main_thread():
@@ -284,10 +298,12 @@ def test_stalled_send_raises_io_timeout(mode):
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         with one_member(listener.getsockname(), io_timeout=0.2) as (_pool, conn):
+            payload = bytearray(64 << 20)
             with within(5.0), pytest.raises(gocp.IOTimeout) as info:
-                conn.sendall(b"x" * (64 << 20))
+                conn.sendall(payload)
             assert isinstance(info.value.__cause__, TimeoutError)
             assert conn.connected is False
+            payload.clear()  # the error (kept here) holds no view of the caller's buffer
     finally:
         listener.close()
 
