@@ -32,9 +32,9 @@ _SO_KEEPALIVE_OPTS = [
 ]
 
 
-#: On 64-bit Linux a member's ``io_timeout`` is the kernel's SO_RCVTIMEO/SO_SNDTIMEO on a
-#: blocking socket: each recv or send is one system call. A Python socket timeout polls
-#: before every call instead (two system calls, two GIL hand-offs).
+#: On 64-bit little-endian Linux a member's ``io_timeout`` is the kernel's SO_RCVTIMEO and
+#: SO_SNDTIMEO on a blocking socket: each recv or send is one system call. A Python socket
+#: timeout polls before every call instead (two system calls, two GIL hand-offs).
 #: Little-endian only: where tv_usec is an int (sparc64) a big-endian long would read as 0.
 _KERNEL_TIMEOUTS = (
     sys.platform == "linux"
@@ -152,7 +152,7 @@ class PersistentConn:
     - ``recv`` never returns ``b""`` for a closed peer: it raises.
     - ``settimeout`` lasts until the member is put back; the pool then
       restores its ``io_timeout``.
-    - On 64-bit Linux the timeout is kept by the kernel (SO_RCVTIMEO and
+    - On 64-bit little-endian Linux the kernel keeps the timeout (SO_RCVTIMEO and
       SO_SNDTIMEO on a blocking socket), so each send or recv is one system
       call; a Python socket timeout would poll before every call. It bounds
       each wait for progress: a large ``sendall`` that keeps moving may take
