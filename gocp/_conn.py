@@ -109,20 +109,10 @@ _ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's struct tcp_info
 _IPPROTO_TCP = socket.IPPROTO_TCP
 
 
-def _stale(sock: Socket) -> bool:
-    """True if the peer closed or reset ``sock`` (or it failed) while it sat idle.
-
-    On Linux this reads the TCP state with ``getsockopt(TCP_INFO)``, which
-    does not release the GIL: under many threads a ``poll`` per lend would
-    hand the interpreter to another thread on every request. Elsewhere it
-    polls without waiting (any readable event means EOF, an error, or
-    unsolicited bytes: all unsafe to send after).
-    """
-    if _TCP_INFO is not None:
-        try:
-            return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1) != _ESTABLISHED
-        except OSError:
-            return True
+def _stale_by_poll(sock: Socket) -> bool:
+    """True if the peer closed or reset ``sock`` (or it failed) while it sat idle,
+    where Linux's TCP_INFO is missing: poll without waiting (any readable event means
+    EOF, an error, or unsolicited bytes: all unsafe to send after)."""
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLPRI)
@@ -339,13 +329,15 @@ class PersistentConn:
                 and _timers_armed()  # fast path, inlined: this runs on every lend
             ):
                 self._use_python_timeouts(sock)  # for this socket's life
-            if _TCP_INFO is not None:  # _stale(sock), inlined: this runs on every lend
+            # On Linux, read the TCP state: getsockopt keeps the GIL, where a poll per
+            # lend would hand the interpreter to another thread on every request.
+            if _TCP_INFO is not None:
                 try:
                     stale = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, 1) != _ESTABLISHED
                 except OSError:
                     stale = True
             else:
-                stale = _stale(sock)
+                stale = _stale_by_poll(sock)
             if stale:
                 # Nothing of this lend was sent: a socket the peer closed or
                 # reset while idle (a server restart) is replaced. Safe.

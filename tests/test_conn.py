@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -651,3 +652,33 @@ def test_request_reply_server_counts_across_members():
                 pool.put(conn)
         assert server.applied_counts() == {f"r{i}": 1 for i in range(30)}
         assert pool.stats().dials == 3
+
+
+# -- the stale check where TCP_INFO is missing ---------------------------------------------
+
+
+@pytest.mark.parametrize("close", ["fin", "rst", "unsolicited"])
+def test_poll_stale_check_sees_what_the_peer_did(close):
+    """The fallback stale check (no TCP_INFO): idle and open is fresh; a FIN, an RST or
+    bytes nobody asked for make the connection unsafe to send on."""
+    from gocp._conn import _stale_by_poll
+
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname(), timeout=5) as client:
+            peer, _ = listener.accept()
+            with peer:
+                assert _stale_by_poll(client) is False
+                if close == "unsolicited":
+                    peer.sendall(b"?")
+                else:
+                    if close == "rst":
+                        peer.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                    peer.close()
+                assert wait_until(lambda: _stale_by_poll(client), timeout=5)
+    finally:
+        listener.close()

@@ -313,18 +313,20 @@ def test_sendall_bounds_each_wait_not_the_whole_transfer(mode):
     ``io_timeout``, and succeeds: the timeout bounds each wait for progress (a Python
     socket timeout alone would bound the whole ``sendall``)."""
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
+    listener.settimeout(10)  # the sink's accept and reads are bounded too
 
     def sink() -> None:
         peer, _ = listener.accept()
         with peer:
+            peer.settimeout(10)
             while peer.recv(1 << 20):
                 pass
 
     reader = threading.Thread(target=sink)
-    reader.start()
     try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        reader.start()
         with FaultProxy(listener.getsockname()) as proxy:
             proxy.set_bandwidth(16 << 20, direction="up")
             with one_member(proxy.address, io_timeout=0.3) as (pool, conn):
@@ -332,7 +334,8 @@ def test_sendall_bounds_each_wait_not_the_whole_transfer(mode):
                     conn.sendall(bytes(24 << 20))
                 pool.put(conn, broken=True)  # ends the sink's connection
     finally:
-        reader.join(10)
+        if reader.is_alive():
+            reader.join(15)
         listener.close()
     assert not reader.is_alive()
 
