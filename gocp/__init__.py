@@ -1,9 +1,10 @@
 """gocp: persistent, self-reconnecting connection pools.
 
-``gocp.new(address, size=5)`` makes a pool of ``size`` members; ``get`` lends
-one, ``put`` takes it back. A member whose connection breaks raises
-``ConnectionBroken`` for the failed operation (never re-sending it) and
-redials on its next use, with jittered backoff while the server is down.
+``gocp.new(address, size=5)`` makes a pool of ``size`` socket members;
+``gocp.pool(dial, size=5)`` a pool of any client ``dial()`` makes. ``get``
+lends one, ``put`` takes it back. A connection that breaks raises
+``ConnectionBroken`` for the failed operation (never re-sending it) and is
+redialled on next use, with jittered backoff while the server is down.
 """
 
 from ._config import Options
@@ -16,8 +17,8 @@ from ._errors import (
     PoolClosed,
     PoolTimeout,
 )
-from ._pool import Lend, Pool, new
-from ._stats import PoolStats
+from ._pool import Lend, Pool, new, pool
+from ._stats import MemberStats, PoolStats
 
 __all__ = [
     "ConnectionBroken",
@@ -25,6 +26,7 @@ __all__ = [
     "Error",
     "IOTimeout",
     "Lend",
+    "MemberStats",
     "Options",
     "PersistentConn",
     "Pool",
@@ -32,5 +34,6 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "new",
+    "pool",
 ]
 __version__ = "0.1.0"

@@ -52,8 +52,10 @@ class Backoff:
         "failed_at",
         "failures",
         "last_error",
+        "lease",
         "next_at",
-        "probing",
+        "probe_started",
+        "probe_until",
         "retry_max",
         "retry_min",
     )
@@ -63,36 +65,54 @@ class Backoff:
         retry_min: float,
         retry_max: float,
         random: Callable[[], float] = _random.random,
+        *,
+        lease: float | None = None,
     ) -> None:
         self.retry_min = retry_min
         self.retry_max = retry_max
+        self.lease = retry_max if lease is None else lease
         self._random = random
         self.failures = 0
         self.next_at = 0.0
         self.failed_at = float("-inf")
-        self.probing = False
+        self.probe_until = float("-inf")  # while now < this, one dial (the probe) is in flight
+        self.probe_started = float("nan")  # the probe's ``begin`` time: it names the probe
         self.last_error: BaseException | None = None
+
+    @property
+    def probing(self) -> bool:
+        """Whether a probe was granted and has not reported (its lease may have run out)."""
+        return self.probe_until > float("-inf")
 
     def begin(self, now: float) -> float:
         """Ask to dial at ``now``: 0.0 means go ahead, else the seconds to wait.
 
         While the address is failing, only one dial (the probe) is in flight
         at a time: the others wait for its outcome instead of all hitting a
-        server that is just coming back. A caller told to go ahead must
-        report the outcome with ``failed``, ``succeeded`` or ``abandoned``.
+        server that is just coming back; they are told to wait until the
+        probe's lease ends (``lease`` seconds, the longest a dial may take).
+        A caller told to go ahead reports the outcome with ``failed``,
+        ``succeeded`` or ``abandoned(now)``; a probe that never reports (its
+        thread was interrupted or vanished, say in a fork) stops blocking
+        others when its lease runs out, so no outage outlives the server's.
         """
         wait = self.wait(now)
         if wait > 0 or _no_wait:
             return wait
         if self.failures:
-            if self.probing:
-                return self.retry_min
-            self.probing = True
+            if now < self.probe_until:
+                return self.probe_until - now
+            self.probe_until = now + self.lease
+            self.probe_started = now
         return 0.0
 
-    def abandoned(self) -> None:
-        """A dial allowed by ``begin`` ended without an outcome (interrupted)."""
-        self.probing = False
+    def abandoned(self, started: float | None = None) -> None:
+        """A dial allowed by ``begin`` at ``started`` ended without an outcome (interrupted).
+
+        Ends the probe if that dial was the probe; ``None`` ends any probe
+        (after a fork, the prober is gone)."""
+        if started is None or started == self.probe_started:
+            self.probe_until = float("-inf")
 
     def wait(self, now: float) -> float:
         """Seconds before a dial may be attempted (0.0: dial now)."""
@@ -108,7 +128,7 @@ class Backoff:
             # It cannot be the probe (a probe starts after that failure's
             # window), so a probe in flight goes on.
             return self.wait(now)
-        self.probing = False
+        self.probe_until = float("-inf")
         self.failures += 1
         self.failed_at = now
         self.last_error = error
@@ -119,7 +139,7 @@ class Backoff:
 
     def succeeded(self) -> None:
         """A dial worked: the next failure starts again from ``retry_min``."""
-        self.probing = False
+        self.probe_until = float("-inf")
         self.failures = 0
         self.next_at = 0.0
         self.failed_at = float("-inf")

@@ -1,131 +1,37 @@
-"""PersistentConn: a pool member that owns one TCP connection and redials it when it breaks."""
+"""PersistentConn: a socket pool's member, a connected-socket look-alike that redials."""
 
 from __future__ import annotations
 
-import errno
-import math
-import select
-import signal
 import socket
-import struct
-import sys
-import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from ._address import Address
 from ._config import check_timeout
+from ._core import BUSY, LENT, Slot
 from ._errors import ConnectionBroken, IOTimeout
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-    from ._pool import Pool
+    from ._hub import Hub
 
 __all__ = ["PersistentConn"]
 
 Socket = socket.socket
 
-_monotonic = time.monotonic
-_SO_KEEPALIVE_OPTS = [
-    name for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT") if hasattr(socket, name)
-]
+_TIMEOUT_CHANGED = 1  # this lend set its own timeout: put restores io_timeout
+_SOCKET_TAKEN = 2  # this lend took the raw socket: put restores the pool's options
 
 
-#: On 64-bit little-endian Linux a member's ``io_timeout`` is the kernel's SO_RCVTIMEO and
-#: SO_SNDTIMEO on a blocking socket: each recv or send is one system call. A Python socket
-#: timeout polls before every call instead (two system calls, two GIL hand-offs).
-#: Little-endian only: where tv_usec is an int (sparc64) a big-endian long would read as 0.
-_KERNEL_TIMEOUTS = (
-    sys.platform == "linux"
-    and struct.calcsize("@l") == 8
-    and sys.byteorder == "little"
-    and hasattr(socket, "SO_RCVTIMEO")
-)
-_TIMEVAL = struct.Struct("@ll")  # struct timeval: tv_sec, tv_usec (long, or int + padding)
-_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+class PersistentConn(Slot):
+    """One member of a ``gocp.Pool`` of sockets: it survives breaks and redials.
 
-
-def _timeval(seconds: float | None) -> bytes:
-    """``seconds`` as a ``struct timeval`` for SO_RCVTIMEO/SO_SNDTIMEO; zero means no bound,
-    so a positive bound is rounded up to at least one microsecond."""
-    if seconds is None:
-        return _TIMEVAL.pack(0, 0)
-    whole = int(seconds)
-    micro = math.ceil((seconds - whole) * 1e6)
-    if micro >= 1_000_000:
-        whole, micro = whole + 1, micro - 1_000_000
-    if not whole and not micro:
-        micro = 1
-    return _TIMEVAL.pack(whole, micro)
-
-
-def _set_kernel_timeout(sock: Socket, seconds: float | None) -> None:
-    value = _timeval(seconds)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-
-
-def _interval_timer_armed() -> bool:
-    """Whether a periodic interval timer is armed (``signal.setitimer`` with an interval,
-    as sampling profilers arm one).
-
-    A signal interrupts a kernel-timed wait and Python restarts it with the
-    whole timeout again, so signals that keep coming could stretch the wait
-    without end; Python's own timeouts keep one deadline across restarts. A
-    one-shot alarm (``pytest-timeout``, a request deadline) restarts a wait
-    at most once, so it does not count.
-    """
-    return any(
-        signal.getitimer(which)[1] > 0
-        for which in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
-    )
-
-
-_TIMER_RECHECK = 1.0  # seconds between two reads of the interval timers
-_timer_cache = [0.0, False]  # [when to read them again, whether one was armed]
-
-
-def _timers_armed(fresh: bool = False) -> bool:
-    """``_interval_timer_armed()``, read again at most every ``_TIMER_RECHECK`` seconds."""
-    now = _monotonic()
-    if fresh or now >= _timer_cache[0]:
-        _timer_cache[1] = _interval_timer_armed()
-        _timer_cache[0] = now + _TIMER_RECHECK
-    return bool(_timer_cache[1])
-
-
-def kernel_timeout(sock: Socket) -> tuple[float | None, float | None]:
-    """The (receive, send) bounds the kernel applies to a blocking ``sock``; ``None``: none."""
-    bounds = []
-    for name in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-        whole, micro = _TIMEVAL.unpack(sock.getsockopt(socket.SOL_SOCKET, name, _TIMEVAL.size))
-        bounds.append(whole + micro / 1e6 if whole or micro else None)
-    return bounds[0], bounds[1]
-
-
-_TCP_INFO = getattr(socket, "TCP_INFO", None)
-_ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's struct tcp_info
-_IPPROTO_TCP = socket.IPPROTO_TCP
-
-
-def _stale_by_poll(sock: Socket) -> bool:
-    """True if the peer closed or reset ``sock`` (or it failed) while it sat idle,
-    where Linux's TCP_INFO is missing: poll without waiting (any readable event means
-    EOF, an error, or unsolicited bytes: all unsafe to send after)."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
-    readable, _, errored = select.select([sock], [], [sock], 0)
-    return bool(readable or errored)
-
-
-class PersistentConn:
-    """One member of a ``gocp.Pool``: a connected-socket look-alike that survives breaks.
-
-    It is lent by ``Pool.get`` and must be given back with ``Pool.put``.
-    Its methods behave like a connected socket's, with these differences:
+    It is lent by ``Pool.get`` and must be given back with ``Pool.put`` (or
+    by leaving ``with pool.get() as conn:``). Its methods behave like a
+    connected socket's, with these differences:
 
     - The socket is made on first use, and again after a break: an I/O
       error or the peer closing raises ``gocp.ConnectionBroken`` (the
@@ -136,136 +42,109 @@ class PersistentConn:
     - Dialling failures raise ``gocp.DialError``; until the pool's backoff
       delay has passed, operations raise ``DialError`` at once (with
       ``retry_in``) instead of dialling.
-    - Before the first send of each lend, a connection that the peer closed
-      while it sat idle (a server restart) is replaced by a new one. Nothing
-      had been sent on it, so this is safe; the caller never sees it.
+    - Before the first operation of each lend, a connection that the peer
+      closed while it sat idle (a server restart) is replaced by a new one.
+      Nothing had been sent on it, so this is safe; the caller never sees it.
     - ``recv`` never returns ``b""`` for a closed peer: it raises.
     - ``settimeout`` lasts until the member is put back; the pool then
-      restores its ``io_timeout``.
-    - On 64-bit little-endian Linux the kernel keeps the timeout (SO_RCVTIMEO and
-      SO_SNDTIMEO on a blocking socket), so each send or recv is one system
-      call; a Python socket timeout would poll before every call. It bounds
-      each wait for progress: a large ``sendall`` that keeps moving may take
-      longer in all. ``conn.socket`` switches the socket to an ordinary Python
-      timeout until the member is put back. While a periodic interval timer
-      is armed (``signal.setitimer`` with an interval, as sampling profilers
-      arm one) members use Python timeouts instead, since each signal would
-      restart the kernel's wait from zero; this is checked when a member
-      dials and, at most once a second, at the first send of a lend. Other
-      signals that a handler catches and that keep arriving at the thread
-      blocked in a call (faster than the timeout) can stretch its wait.
+      restores its ``io_timeout``, which bounds each wait for progress (a
+      large ``sendall`` that keeps moving may take longer in all).
+    - An operation on a member that is not lent (used after ``put``) raises
+      ``ValueError`` and never dials. A stale holder of a member that was
+      lent again to someone else cannot be told apart from its new holder:
+      do not keep a member after putting it back.
     """
 
     __module__ = "gocp"
-    __slots__ = (
-        "__weakref__",
-        "_aborted",
-        "_dirty",
-        "_exposed",
-        "_fresh",
-        "_holder",
-        "_kernel",
-        "_lent",
-        "_mutex",
-        "_pool",
-        "_sock",
-        "_timeout",
-        "index",
-    )
+    __slots__ = ("__weakref__", "_aborted", "_dirty", "_hub", "_io", "_timeout")
 
-    def __init__(self, pool: Pool, index: int) -> None:
-        self._pool = pool
-        self.index = index
-        self._lent = False
-        self._fresh = False  # lent and not yet used since: check for staleness first
+    def __init__(self, hub: Hub, index: int, *, overflow: bool = False) -> None:
+        super().__init__(index, overflow=overflow)
+        self._hub = hub
+        self._io: Socket | None = None  # the socket, once this lend's first I/O checked it
+        self._timeout: float | None = hub.connector.io_timeout  # type: ignore[attr-defined]
+        self._dirty = 0  # what this lend changed that put must undo (_TIMEOUT_CHANGED...)
         self._aborted = False  # abort() shut the current socket down
-        self._holder = 0  # thread ident of the last borrower (for fork)
-        self._sock: Socket | None = None
-        self._timeout = pool.options.io_timeout
-        self._dirty = False  # this lend changed the timeout or exposed the socket: put restores
-        self._exposed = False  # the raw socket was handed out: it uses Python's timeouts
-        self._kernel = False  # the socket's timeout is the kernel's (see _configure)
-        self._mutex = threading.Lock()  # orders _drop against abort(); never held during I/O
 
     # -- what the caller sees -------------------------------------------------
 
     @property
     def address(self) -> Address:
         """The ``(host, port)`` this member connects to."""
-        return self._pool.address
+        return self._hub.connector.address  # type: ignore[attr-defined, no-any-return]
 
     @property
-    def socket(self) -> Socket | None:
-        """The live socket, or ``None`` while disconnected (Go's ``OriginalConn``).
+    def socket(self) -> Socket:
+        """The live socket (Go's ``OriginalConn``), dialled if need be.
 
-        Use it for options or for I/O the member does not wrap; do not close it
-        (call ``Pool.put(conn, broken=True)`` instead), and set its timeout
-        with ``conn.settimeout``. Until the member is put back the socket has
-        an ordinary Python timeout, so a stall raises ``TimeoutError`` there
-        too (and ``makefile`` readers behave as usual). Touching it counts as
-        using the member: a ``with pool.connection()`` block that then raises
-        puts the member back broken.
+        Taking it counts as this lend's first operation: a socket the peer
+        closed while idle is replaced first, as before a send. Use it for
+        options or for I/O the member does not wrap; do not close it (put the
+        member back with ``broken=True``), and set its timeout with
+        ``conn.settimeout``. At ``put`` the pool restores the options it
+        manages (``TCP_NODELAY``, keepalive, the timeout) and turns
+        ``SO_LINGER`` off; other options you set stay for later holders.
+        Touching it counts as using the member: a ``with pool.connection()``
+        block that then raises puts the member back broken. Raises
+        ``DialError`` when it cannot connect, ``ValueError`` when not lent.
         """
-        self._fresh = False
-        sock = self._sock
-        if sock is not None:
-            self._dirty = True  # whatever the caller sets on it is undone at put
-            if self._kernel:
-                self._use_python_timeouts(sock)
-                self._exposed = True
+        sock = self._io
+        if sock is None:
+            sock = self._start()
+        self._dirty |= _SOCKET_TAKEN
         return sock
 
     @property
     def connected(self) -> bool:
         """Whether the member holds a socket now (it may still be dead until used)."""
-        return self._sock is not None
+        return self.conn is not None
 
     def __repr__(self) -> str:
-        state = "lent" if self._lent else "idle"
-        link = "connected" if self._sock is not None else "disconnected"
-        return f"<gocp.PersistentConn #{self.index} {self._pool.address_text} {state} {link}>"
+        link = "connected" if self.conn is not None else "disconnected"
+        kind = " overflow" if self.overflow else ""
+        return (
+            f"<gocp.PersistentConn{kind} #{self.index} {self._hub.connector.label} "
+            f"{self.state.value} {link}>"
+        )
 
     def settimeout(self, timeout: float | None) -> None:
         """Bound each wait of this lend's I/O (seconds > 0, or ``None`` for no bound)."""
-        seconds = check_timeout("timeout", timeout)
-        if seconds == 0:
-            raise ValueError("timeout: must be > 0 or None (non-blocking mode is not supported)")
+        seconds = check_timeout("timeout", timeout, zero=False)
         self._timeout = seconds
-        self._dirty = True
-        sock = self._sock
-        if sock is not None:
-            self._apply_timeout(sock)
+        self._dirty |= _TIMEOUT_CHANGED
+        sock = self.conn
+        if sock is not None and self.state is LENT:
+            sock.settimeout(seconds)
 
     def gettimeout(self) -> float | None:
         """The current I/O timeout in seconds, or ``None``."""
         return self._timeout
 
     def sendall(self, data: ReadableBuffer) -> None:
-        """Send all of ``data``; raises ``ConnectionBroken`` or ``DialError`` (see class doc)."""
-        sock = self._sock
-        if sock is None or self._fresh:
-            sock = self._for_send()
+        """Send all of ``data``; raises ``ConnectionBroken`` or ``DialError`` (see class doc).
+
+        ``io_timeout`` bounds each wait for progress, not the whole call."""
+        sock = self._io
+        if sock is None:
+            sock = self._start()
         try:
-            if self._kernel:  # the kernel bounds each send: each wait for progress
-                sock.sendall(data)
-            else:  # a Python timeout would bound the whole sendall: bound each step
-                with memoryview(data) as whole, whole.cast("B") as view:
-                    sent, total = 0, view.nbytes
-                    while sent < total:
-                        sent += sock.send(view[sent:])
+            sent = sock.send(data)
+            if sent != len(data):  # type: ignore[arg-type]
+                self._send_rest(sock, data, sent)
         except OSError as exc:
             raise self._broke("sendall", exc)  # noqa: B904 (_broke sets the cause)
 
-    def send(self, data: ReadableBuffer) -> int:
-        """Send some of ``data``; return how many bytes were sent.
+    def _send_rest(self, sock: Socket, data: ReadableBuffer, sent: int) -> None:
+        with memoryview(data) as whole, whole.cast("B") as view:
+            total = view.nbytes
+            while sent < total:
+                sent += sock.send(view[sent:])
 
-        With kernel timeouts (see the class doc) the socket is blocking, so this
-        waits, as a blocking socket's ``send`` does, until all of ``data`` is
-        queued or a wait for buffer space runs past the timeout.
-        """
-        sock = self._sock
-        if sock is None or self._fresh:
-            sock = self._for_send()
+    def send(self, data: ReadableBuffer) -> int:
+        """Send some of ``data``; return how many bytes were sent."""
+        sock = self._io
+        if sock is None:
+            sock = self._start()
         try:
             return sock.send(data)
         except OSError as exc:
@@ -273,10 +152,9 @@ class PersistentConn:
 
     def recv(self, bufsize: int) -> bytes:
         """Receive up to ``bufsize`` bytes; a peer that closed raises ``ConnectionBroken``."""
-        sock = self._sock
+        sock = self._io
         if sock is None:
-            sock = self._dial()
-        self._fresh = False
+            sock = self._start()
         try:
             data = sock.recv(bufsize)
         except OSError as exc:
@@ -287,10 +165,9 @@ class PersistentConn:
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0) -> int:
         """Receive into ``buffer``; a peer that closed raises ``ConnectionBroken``."""
-        sock = self._sock
+        sock = self._io
         if sock is None:
-            sock = self._dial()
-        self._fresh = False
+            sock = self._start()
         try:
             count = sock.recv_into(buffer, nbytes)
         except OSError as exc:
@@ -302,134 +179,106 @@ class PersistentConn:
     def abort(self) -> None:
         """Break the connection now, from any thread; the holder's blocked I/O wakes.
 
-        A watchdog uses it to cancel a stuck request: ``shutdown`` wakes a
-        thread blocked in ``recv`` (a plain ``close`` would not), which then
-        raises ``ConnectionBroken``; the member redials on its next use.
-        Does nothing while disconnected.
+        ``shutdown`` wakes a thread blocked in ``recv`` (a plain ``close``
+        would not), which then raises ``ConnectionBroken``; the member redials
+        on its next use. Does nothing unless the member is lent and connected.
+        A watchdog that may fire after the member was put back (and perhaps
+        lent to someone else) should call ``conn.aborter()`` at ``get`` time and
+        fire that instead: it aborts only the lend it was made in.
         """
-        with self._mutex:
-            sock = self._sock
-            if sock is not None:
-                self._aborted = True
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already shut down, or never fully connected
+        self._hub_abort(None)
+
+    def aborter(self) -> Callable[[], None]:
+        """A callable that aborts this lend only (see ``abort``); safe to call late."""
+        seq = self.seq
+        return lambda: self._hub_abort(seq)
+
+    def _hub_abort(self, seq: int | None) -> None:
+        hub = self._hub
+        with hub.lock:  # orders it against the close of this socket (after it is detached)
+            sock = self.conn
+            if sock is None or not hub.lent_to(self, seq):
+                return
+            self._aborted = True
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # never waits
+            except OSError:
+                pass  # already shut down, or never fully connected
+
+    def __enter__(self) -> PersistentConn:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Put the member back, by the rule of ``Pool.connection`` (see there)."""
+        pool = self._hub.pool_ref()
+        if pool is None:  # the pool was dropped (and closed): close the socket
+            self._hub.broke(self, "exit", RuntimeError("pool was collected"))
+            return
+        pool._return(self, exc)
 
     # -- the machinery -----------------------------------------------------------
 
-    def _for_send(self) -> Socket:
-        """The socket to send on: dial if there is none; drop a stale one first."""
-        sock = self._sock
-        if sock is not None and self._fresh:
-            self._fresh = False
-            if (
-                self._kernel
-                and (_timer_cache[1] or _monotonic() >= _timer_cache[0])  # _timers_armed()'s
-                and _timers_armed()  # fast path, inlined: this runs on every lend
-            ):
-                self._use_python_timeouts(sock)  # for this socket's life
-            # On Linux, read the TCP state: getsockopt keeps the GIL, where a poll per
-            # lend would hand the interpreter to another thread on every request.
-            if _TCP_INFO is not None:
-                try:
-                    stale = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, 1) != _ESTABLISHED
-                except OSError:
-                    stale = True
-            else:
-                stale = _stale_by_poll(sock)
-            if stale:
-                # Nothing of this lend was sent: a socket the peer closed or
-                # reset while idle (a server restart) is replaced. Safe.
-                self._drop()
-                self._pool._event_stale(self)
-                sock = None
+    def _start(self) -> Socket:
+        """This lend's first operation: probe an idle socket, dial if there is none."""
+        if self.state is not LENT and self.state is not BUSY:
+            raise ValueError(f"{self!r} is not lent: get it from the pool before using it")
+        hub = self._hub
+        sock: Socket | None = self.conn
+        if sock is not None and hub.connector.stale(sock):  # type: ignore[attr-defined]
+            # Nothing of this lend was sent: a socket the peer closed or reset while
+            # idle (a server restart) is replaced. Safe.
+            hub.stale(self)
+            sock = None
         if sock is None:
-            sock = self._dial()
+            connector: Any = hub.connector
+            sock = hub.dial(self, time.monotonic() + connector.dial_timeout)
+            if self._dirty & _TIMEOUT_CHANGED:
+                sock.settimeout(self._timeout)
+        self._io = sock
         return sock
 
-    def _dial(self) -> Socket:
-        pool = self._pool
-        options = pool.options
-        started = pool._dial_permit(self)
-        # From the permit on, every path reports an outcome, or the probe would stick.
+    def _used(self) -> bool:
+        """Whether this lend did I/O (or took the socket)."""
+        return self._io is not None or bool(self._dirty & _SOCKET_TAKEN)
+
+    def _end_io(self) -> None:
+        """Forget this lend's view of the socket: the next operation probes it again."""
+        self._io = None
+        self._aborted = False
+
+    def _end_lend(self) -> bool:
+        """At put: undo what the lend changed. False if the socket can no longer be
+        trusted (the holder closed or broke what it took with ``conn.socket``)."""
+        self._io = None
+        self._aborted = False
+        dirty, self._dirty = self._dirty, 0
+        if not dirty:
+            return True
+        self._timeout = self._hub.connector.io_timeout  # type: ignore[attr-defined]
+        sock = self.conn
+        if sock is None:
+            return True
         try:
-            sock = _connect(pool.address, started + options.dial_timeout)
-            try:
-                self._configure(sock)
-            except BaseException:
-                sock.close()
-                raise
-            with self._mutex:
-                self._sock = sock
-            self._fresh = False
-            pool._dial_succeeded(self)
-            return sock
-        except OSError as exc:
-            raise pool._dial_failed(self, started, exc) from exc
-        except BaseException:
-            pool._dial_abandoned(self)  # e.g. KeyboardInterrupt mid-connect
-            raise
-
-    def _configure(self, sock: Socket) -> None:
-        options = self._pool.options
-        if options.nodelay:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if options.keepalive is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            idle = max(1, int(options.keepalive))
-            interval = max(1, idle // 3)
-            values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": interval, "TCP_KEEPCNT": 3}
-            for name in _SO_KEEPALIVE_OPTS:
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), values[name])
-            if hasattr(socket, "TCP_USER_TIMEOUT"):
-                # Keepalive never probes while sent data waits for an ACK: bound that
-                # too, so a request in flight to a vanished peer fails within the
-                # same idle + 3 probes instead of the ~15 min retransmission limit.
-                limit_ms = (idle + 3 * interval) * 1000
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, limit_ms)
-        # Kernel timeouts, unless an interval timer's signals could keep restarting them
-        # (read again at the first send of each lend, at most once a second).
-        self._kernel = _KERNEL_TIMEOUTS and not _timers_armed(fresh=True)
-        self._exposed = False
-        if self._kernel:
-            sock.settimeout(None)  # blocking: the kernel enforces the bound
-        self._apply_timeout(sock)
-
-    def _apply_timeout(self, sock: Socket) -> None:
-        if self._kernel:
-            _set_kernel_timeout(sock, self._timeout)
-        else:
-            sock.settimeout(self._timeout)
-
-    def _use_python_timeouts(self, sock: Socket) -> None:
-        """Switch a kernel-timed socket to an ordinary Python timeout."""
-        _set_kernel_timeout(sock, None)  # or a blocking call would still see the kernel's
-        sock.settimeout(self._timeout)
-        self._kernel = False
-
-    def _restore(self, timeout: float | None) -> None:
-        """At put: undo what the lend changed (the timeout, the exposed socket's mode)."""
-        self._timeout = timeout
-        sock = self._sock
-        if sock is not None:
-            if self._exposed and _KERNEL_TIMEOUTS and not _timers_armed():
-                sock.settimeout(None)
-                self._kernel = True
-            self._apply_timeout(sock)
-        self._exposed = self._dirty = False
+            if dirty & _SOCKET_TAKEN:
+                self._hub.connector.restore(sock)  # type: ignore[attr-defined]
+            else:
+                sock.settimeout(self._timeout)
+        except OSError:  # e.g. the holder closed the socket it took with conn.socket
+            return False
+        return True
 
     def _broke(self, op: str, exc: OSError | None) -> ConnectionBroken:
         """Drop the socket after a failure and build the error to raise (``exc`` its cause)."""
-        if exc is not None and exc.errno in _AGAIN:
-            # SO_RCVTIMEO/SO_SNDTIMEO ran out on a blocking socket: say it as Python's own
-            # socket timeout does, rather than "Resource temporarily unavailable".
-            timeout = TimeoutError("timed out")
-            timeout.__cause__ = exc
-            exc = timeout
         aborted = self._aborted
-        self._drop()
-        address = self._pool.address_text
+        self._io = None
+        self._aborted = False
+        hub = self._hub
+        address = hub.connector.label
         if aborted:
             error: ConnectionBroken = ConnectionBroken(
                 f"{op} on {address}: aborted", address=address
@@ -440,7 +289,7 @@ class PersistentConn:
             )
         elif isinstance(exc, TimeoutError) and exc.errno is None:
             # A timeout of ours (errno None), not the kernel's ETIMEDOUT, which means
-            # the peer stopped answering keepalive or acknowledgements.
+            # the peer stopped answering keepalive probes.
             error = IOTimeout(
                 f"{op} on {address}: no progress within {self._timeout}s; connection dropped",
                 address=address,
@@ -448,52 +297,5 @@ class PersistentConn:
         else:
             error = ConnectionBroken(f"{op} on {address}: {exc}", address=address)
         error.__cause__ = exc
-        self._pool._event_broken(self, op, exc if exc is not None else error)
+        hub.broke(self, op, exc if exc is not None else error)
         return error
-
-    def _drop(self) -> None:
-        """Close and forget the socket, without waiting on the network; any thread."""
-        with self._mutex:
-            sock, self._sock = self._sock, None
-            self._aborted = False
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError as exc:
-                self._pool._event_close_failed(self, exc)
-
-    def _forget_after_fork(self) -> None:
-        """In a forked child: release the descriptor without any I/O (the parent keeps its
-        connection) and make the lock usable again."""
-        self._mutex = threading.Lock()
-        self._timeout = self._pool.options.io_timeout
-        self._aborted = self._fresh = self._dirty = self._exposed = self._kernel = False
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()  # the parent still holds the file: no FIN, no RST
-
-
-def _connect(address: Address, deadline: float) -> Socket:
-    """Connect to ``address`` trying each resolved address, all within ``deadline``."""
-    host, port = address
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last: OSError | None = None
-    for family, kind, proto, _name, sockaddr in infos:
-        remaining = deadline - _monotonic()
-        if remaining <= 0:
-            break
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(remaining)
-            sock.connect(sockaddr)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    if last is None:
-        last = TimeoutError(f"connect to {host}:{port} timed out")
-    raise last

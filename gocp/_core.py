@@ -1,136 +1,626 @@
-"""The pool's decisions, free of I/O and of waiting.
+"""The pool's decisions, free of I/O, of waiting, of locks and of clocks.
 
-``PoolCore`` holds which members are idle, which callers wait and in what
-order, and the counters. It never blocks, never touches a socket and never
-takes a lock: the threaded shell (``gocp._pool``) calls it under its own lock
-and does the waiting and the I/O around it, and an asyncio shell can do the
-same with futures as waiters.
+``PoolCore`` owns the pool's slots (``Slot``: state, connection, times), its
+waiters, its dial backoff and every counter. Each method takes ``now`` (the
+pool's monotonic clock, passed in) and returns what the shell must do: a slot
+to lend, a waiter to wake, an action to run on a slot (dial it, check it),
+connections to close (``doomed``). It never blocks, never touches a
+connection and never takes a lock: a shell (threads: ``gocp._pool``) calls it
+under its own lock and does the waiting and the I/O around it.
 
-Invariants: every member is either idle or lent, never both; while a caller
-waits there is no idle member (a member put back goes straight to the first
-waiter, first come first served); the number of members never changes.
+Invariants: a slot is idle (in ``idle``, in return order), lent (to a caller,
+or handed to a waiter), busy (taken by the pool for a check or a background
+dial) or gone (a retired overflow slot); while a caller waits no member is
+idle (a slot given back goes straight to the first waiter); ``members`` never
+changes; a connection leaves a slot only through ``doomed`` (to be closed) or
+``released`` (after a fork, dropped without I/O).
+
+Interrupts. A signal handler that raises (``KeyboardInterrupt``) runs, in
+CPython, only at a function's entry, after a call to a C function returns and
+at a loop's back edge. The hot paths here (``lend``, ``give_back``) take a
+slot and record where it went with no call in between, so an interrupt finds
+every slot either where it was or where it went; and the other paths leave
+state that running them again completes (a slot's ``seq`` tells a lend from
+the next one). The shells rely on that to undo or finish an interrupted call.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from ._errors import PoolClosed
+from ._backoff import Backoff
+from ._config import Options
+from ._errors import DialError, PoolClosed, PoolTimeout
 
-__all__ = ["Lendable", "PoolCore", "Waiter"]
+__all__ = [
+    "BUSY",
+    "CHECK",
+    "DIAL",
+    "GONE",
+    "IDLE",
+    "LENT",
+    "PoolCore",
+    "Slot",
+    "SlotState",
+    "Waiter",
+]
+
+_INF = float("inf")
 
 
-class Lendable(Protocol):
-    """A pool member: it only needs to carry its lent flag."""
+class SlotState(enum.Enum):
+    """Where a slot is."""
 
-    _lent: bool
+    IDLE = "idle"  # in the idle ring, ready to lend
+    LENT = "lent"  # held by a caller (or handed to a waiter)
+    BUSY = "busy"  # taken by the pool itself: a check or a background dial
+    GONE = "gone"  # a retired overflow slot
+
+
+IDLE, LENT, BUSY, GONE = SlotState.IDLE, SlotState.LENT, SlotState.BUSY, SlotState.GONE
+
+#: Actions a lent or busy slot needs before use (``PoolCore.prepare``).
+CHECK = "check"  # run the check hook on its connection
+DIAL = "dial"  # make a connection now (client pools, or get(connect=True))
+
+
+class Slot:
+    """A place in the pool: where it is, its connection (or ``None``) and its times.
+
+    The core owns every attribute; shells read them and change them only
+    through the core. Times are the pool's monotonic clock. A socket pool's
+    slots are ``PersistentConn`` objects (a subclass that adds the socket
+    methods); a client pool's are plain ``Slot`` objects.
+    """
+
+    __slots__ = (
+        "checked_at",
+        "conn",
+        "connected_at",
+        "due_at",
+        "expires_at",
+        "idle_since",
+        "index",
+        "inherited",
+        "lent_at",
+        "overflow",
+        "pending",
+        "reported",
+        "returned_at",
+        "seq",
+        "stack",
+        "state",
+        "uses",
+    )
+
+    def __init__(self, index: int, *, overflow: bool = False) -> None:
+        self.index = index  # members 0..size-1; overflow slots count on from size
+        self.overflow = overflow
+        self.state = IDLE
+        self.conn: Any = None
+        self.seq = 0  # lends so far: tells one lend from the next
+        self.uses = 0  # lends of the current connection
+        self.connected_at = -_INF
+        self.expires_at = _INF  # end of the current connection's lifetime
+        self.checked_at = -_INF  # last time the connection was known good
+        self.idle_since = -_INF
+        self.returned_at: float | None = None  # last put back (stats: last_used_at)
+        self.lent_at = -_INF
+        self.due_at = _INF  # from then on a lend must review the slot (see PoolCore.lend)
+        self.pending = False  # the lend that took it must call PoolCore.prepare
+        self.reported = 0  # the seq of the lend last reported as a leak
+        self.stack: Any = None  # where the current lend was taken (with leak_timeout)
+        self.inherited = False  # its connection came from a parent process (fork)
 
 
 class Waiter(Protocol):
-    """A caller queued in ``get``: the core hands it a member by setting ``member``."""
+    """A caller queued in ``get``: the core hands it a slot by setting ``slot``; ``closed``
+    is set by the shell when it wakes it because the pool closed; ``since`` is when it
+    queued."""
 
-    member: Any
+    slot: Any
+    closed: bool
+    since: float
 
 
-M = TypeVar("M", bound=Lendable)
+S = TypeVar("S", bound=Slot)
 W = TypeVar("W", bound=Waiter)
 
 
-class PoolCore(Generic[M, W]):
-    """Lending decisions for a fixed set of members (see the module docstring)."""
+class PoolCore(Generic[S, W]):
+    """Lending, lifecycle and backoff decisions for one pool (see the module docstring)."""
 
-    __slots__ = (
-        "broken",
-        "closed",
-        "dial_failures",
-        "dials",
-        "idle",
-        "lends",
-        "members",
-        "stale",
-        "timeouts",
-        "waiters",
-        "waits",
-    )
-
-    def __init__(self, members: Sequence[M]) -> None:
-        self.members: tuple[M, ...] = tuple(members)
-        self.idle: deque[M] = deque(self.members)
+    def __init__(
+        self,
+        members: Sequence[S],
+        options: Options,
+        *,
+        label: str,
+        make_overflow: Callable[[int], S],
+        dial_in_lend: bool,
+        can_check: bool,
+        random: Callable[[], float],
+        probe_lease: float,
+    ) -> None:
+        self.members: tuple[S, ...] = tuple(members)
+        self.label = label
+        self.make_overflow = make_overflow
+        self.dial_in_lend = dial_in_lend  # client pools dial in get; socket members on first I/O
+        self.random = random
+        # policies (inf: off)
+        self.check_interval = (
+            options.check_interval if can_check and options.check_interval else _INF
+        )
+        self.idle_timeout = options.idle_timeout or _INF
+        self.max_lifetime = options.max_lifetime or _INF
+        self.leak_timeout = options.leak_timeout or _INF
+        self.min_idle = options.min_idle
+        self.max_overflow = options.max_overflow
+        self.backoff = Backoff(options.retry_min, options.retry_max, random, lease=probe_lease)
+        # state
+        self.idle: deque[S] = deque(self.members)
         self.waiters: deque[W] = deque()
+        self.extra: dict[S, None] = {}  # overflow slots now open (a dict: no call to add one)
         self.closed = False
+        self.doomed: deque[Any] = deque()  # connections to close, outside the lock
+        self.released: list[Any] = []  # inherited connections dropped without I/O (fork)
+        self.by_conn: dict[int, S] = {}  # id(connection) -> slot, for put(client)
+        self.connected = 0
+        self.busy_dials = 0  # background dials in flight
+        # counters
         self.lends = self.waits = self.timeouts = 0
         self.dials = self.dial_failures = self.broken = self.stale = 0
+        self.leaks = self.hook_failures = 0
+        self.wait_time = 0.0
+        self.closed_by = dict.fromkeys(
+            ("idle", "lifetime", "check", "broken", "overflow", "fresh"), 0
+        )
+        if dial_in_lend:
+            for slot in self.members:
+                slot.due_at = slot.expires_at = -_INF
 
-    def lend(self) -> M | None:
-        """The member to lend now, marked lent; ``None`` when the caller must wait.
+    # -- lending (hot paths: no call between taking a slot and recording where it went) --
 
-        Members are lent in ring order (least recently returned first), as
-        the Go original's channel does, so every connection stays exercised.
-        Raises ``PoolClosed`` once the pool is closed.
+    def lend(self, now: float) -> S | None:
+        """The slot to lend now, marked lent; ``None`` when the caller must queue.
+
+        Members are lent in ring order (least recently returned first), as the
+        Go original's channel does, so every connection stays exercised. When
+        every member is lent and ``max_overflow`` allows, a new overflow slot
+        (with no connection) is lent instead. If ``slot.pending`` is set, the
+        caller must call ``prepare`` before handing the slot out. Raises
+        ``PoolClosed`` once the pool is closed.
         """
         idle = self.idle
         if idle:
-            # No call between taking the member and returning it: CPython runs signal
-            # handlers only after calls (and at loop jumps and function entries), so a
-            # handler that raises cannot leave a member neither idle nor lent.
-            member = idle[0]
+            slot = idle[0]
             del idle[0]
-            member._lent = True
+            slot.state = LENT
+            slot.seq += 1
+            slot.uses += 1
+            slot.lent_at = now
+            slot.pending = now >= slot.due_at
             self.lends += 1
-            return member
+            return slot
         if self.closed:
-            raise PoolClosed("pool is closed")
+            raise PoolClosed(f"pool {self.label} is closed")
+        if len(self.extra) < self.max_overflow and not self.waiters:
+            slot = self.make_overflow(len(self.members) + len(self.extra))
+            if self.dial_in_lend:
+                slot.due_at = slot.expires_at = -_INF
+            slot.state = LENT
+            self.extra[slot] = None
+            slot.seq += 1
+            slot.lent_at = now
+            slot.pending = now >= slot.due_at
+            self.lends += 1
+            return slot
         return None
 
-    def enqueue(self, waiter: W) -> None:
-        """Queue a caller that found no idle member; it is served after those before it."""
-        self.waiters.append(waiter)
+    def enqueue(self, waiter: W, now: float) -> None:
+        """Queue a caller that found nothing to lend; it is served after those before it."""
+        waiter.since = now
         self.waits += 1
+        self.waiters.append(waiter)
 
-    def cancel(self, waiter: W) -> bool:
-        """Withdraw a waiter whose time ran out. False if it was already served."""
-        if waiter.member is not None:
+    def cancel(self, waiter: W, now: float, *, timed_out: bool = True) -> bool:
+        """Withdraw a waiter (its time ran out, or it was interrupted).
+
+        False if it was served (it holds ``waiter.slot``) or woken by close."""
+        if waiter.slot is not None:
             return False
         try:
             self.waiters.remove(waiter)
-        except ValueError:  # already woken by close()
+        except ValueError:  # already withdrawn
             return False
-        self.timeouts += 1
+        self.wait_time += now - waiter.since
+        if waiter.closed:
+            return False
+        if timed_out:
+            self.timeouts += 1
         return True
 
-    def give_back(self, member: M) -> W | None:
-        """Take back a lent member: hand it to the first waiter (returned) or keep it idle.
+    def give_back(self, slot: S, now: float) -> W | None:
+        """Take back a lent slot: hand it to the first waiter (returned) or keep it idle.
 
-        When the pool is closed the member is marked not lent and kept out of
-        the idle set; the caller closes it.
+        Raises ``ValueError`` if the slot is not lent (put twice). A connection
+        past its lifetime, an overflow slot nobody waits for, or a slot of a
+        closed pool has its connection moved to ``doomed``: the shell closes it.
         """
+        if slot.state is not LENT:
+            raise ValueError(f"{self.describe(slot)} is not lent (put twice?)")
+        slot.returned_at = slot.idle_since = slot.checked_at = now
+        if now >= slot.expires_at or slot.overflow or self.closed:
+            return self._give_back_slow(slot, now)
+        due = slot.expires_at
+        when = now + self.check_interval
+        if when < due:  # noqa: PLR1730 - not min(): no call here (see the module docstring)
+            due = when
+        when = now + self.idle_timeout
+        if when < due:  # noqa: PLR1730
+            due = when
+        slot.due_at = due
         waiters = self.waiters
         if waiters:
-            waiter = waiters[0]  # no call until it is served (see lend)
+            waiter = waiters[0]  # no call until it is served (see the module docstring)
             del waiters[0]
-            waiter.member = member
+            waiter.slot = slot
+            slot.seq += 1
+            slot.uses += 1
+            slot.lent_at = now
+            slot.pending = now >= due
             self.lends += 1
+            self.wait_time += now - waiter.since
             return waiter
-        member._lent = False
-        if not self.closed:
-            self.idle.append(member)
+        slot.state = IDLE
+        self.idle.append(slot)
         return None
 
-    def close(self) -> tuple[list[M], list[W]]:
-        """Mark closed; return the idle members to close and the waiters to wake."""
-        self.closed = True
-        idle, waiters = list(self.idle), list(self.waiters)
-        self.idle.clear()
-        self.waiters.clear()
-        return idle, waiters
+    def _give_back_slow(self, slot: S, now: float) -> W | None:
+        if slot.inherited:
+            self._release(slot)
+        elif now >= slot.expires_at:
+            self.doom(slot, "lifetime")
+        if self.closed:
+            self.doom(slot, None)
+            if slot.overflow:
+                self.extra.pop(slot, None)
+                slot.state = GONE
+            else:
+                slot.state = IDLE  # not in ``idle``: a closed pool lends nothing
+            return None
+        self._schedule(slot)
+        if self.waiters:
+            return self._serve(slot, now)
+        if slot.overflow:
+            self.doom(slot, "overflow")
+            self.extra.pop(slot, None)  # then GONE: an interrupt between leaves it lent
+            slot.state = GONE
+            return None
+        slot.state = IDLE
+        self.idle.append(slot)
+        return None
 
-    def reset_after_fork(self, still_lent: Collection[M]) -> None:
-        """In a forked child only the forking thread survives: the members it holds
-        (``still_lent``) stay lent, every other member is idle again, nobody waits."""
+    def _serve(self, slot: S, now: float) -> W:
+        waiter = self.waiters[0]
+        del self.waiters[0]
+        waiter.slot = slot
+        slot.state = LENT
+        slot.seq += 1
+        slot.uses += 1
+        slot.lent_at = now
+        slot.pending = now >= slot.due_at
+        self.lends += 1
+        self.wait_time += now - waiter.since
+        return waiter
+
+    def _schedule(self, slot: S) -> None:
+        """Set ``due_at``: when a lend must next review the slot."""
+        if slot.conn is None:
+            slot.due_at = slot.expires_at = -_INF if self.dial_in_lend else _INF
+            return
+        slot.due_at = min(
+            slot.expires_at,
+            slot.checked_at + self.check_interval,
+            slot.idle_since + self.idle_timeout,
+        )
+
+    # -- what a lent slot needs before use -----------------------------------------
+
+    def prepare(self, slot: S, now: float, *, fresh: bool = False) -> str | None:
+        """Review a slot just lent (``slot.pending``, or ``fresh``): ``None`` (ready),
+        ``CHECK`` (run the check, then report with ``checked``) or ``DIAL`` (dial it).
+
+        A connection past its lifetime, idle longer than ``idle_timeout`` (while
+        more than ``min_idle`` are connected) or to be replaced (``fresh``) is
+        moved to ``doomed`` first.
+        """
+        slot.pending = False
+        if slot.conn is not None:
+            if fresh:
+                self.doom(slot, "fresh")
+            elif now >= slot.expires_at:
+                self.doom(slot, "lifetime")
+            elif now >= slot.idle_since + self.idle_timeout and self.connected > self.min_idle:
+                self.doom(slot, "idle")
+            elif now >= slot.checked_at + self.check_interval:
+                return CHECK
+        if slot.conn is None and self.dial_in_lend:
+            return DIAL
+        return None
+
+    def checked(self, slot: S, now: float, ok: bool, *, hook_failed: bool = False) -> None:
+        """Record a check's outcome: a failed one dooms the connection (``closed_check``)."""
+        if hook_failed:
+            self.hook_failures += 1
+        if ok:
+            slot.checked_at = now
+            return
+        self.doom(slot, "check")
+
+    # -- connections leaving and joining slots -------------------------------------
+
+    def doom(self, slot: S, reason: str | None) -> None:
+        """Move the slot's connection (if any) to ``doomed`` and count why (``None``: the
+        pool closed). The shell closes it outside the lock."""
+        conn = slot.conn
+        if conn is None:
+            return
+        key = id(conn)
+        slot.conn = None  # from here to the append, no call: an interrupt cannot split them
+        self.connected -= 1
+        # A client pool dials a slot with no connection in get: its next lend must review
+        # it, and its give_back takes the slow path (see give_back).
+        slot.due_at = slot.expires_at = -_INF if self.dial_in_lend else _INF
+        if reason is not None:
+            self.closed_by[reason] += 1
+        self.by_conn.pop(key, None)
+        self.doomed.append(conn)
+
+    def _release(self, slot: S) -> None:
+        """Drop an inherited connection without I/O (keep it referenced: no ``__del__``)."""
+        conn = slot.conn
+        slot.inherited = False
+        if conn is None:
+            return
+        slot.conn = None
+        self.connected -= 1
+        slot.due_at = slot.expires_at = -_INF if self.dial_in_lend else _INF
+        self.by_conn.pop(id(conn), None)
+        self.released.append(conn)
+
+    def broke(self, slot: S) -> None:
+        """The holder's I/O failed, or it put the slot back broken: doom its connection."""
+        if slot.conn is not None:
+            self.broken += 1
+            self.doom(slot, "broken")
+
+    def found_stale(self, slot: S) -> None:
+        """The connection was closed by the peer while idle: doom it (nothing was sent)."""
+        if slot.conn is not None:
+            self.stale += 1
+            self.doom(slot, None)
+
+    def attach(self, slot: S, conn: Any, now: float) -> None:
+        """A dial made ``conn`` for ``slot`` (lent or busy)."""
+        slot.conn = conn
+        self.connected += 1
+        self.by_conn[id(conn)] = slot
+        slot.connected_at = slot.checked_at = now
+        if slot.state is BUSY:
+            slot.idle_since = now
+        slot.uses = 1 if slot.state is LENT else 0
+        # Each connection's lifetime is cut by a random 0-10%, so those made together
+        # do not all expire together.
+        slot.expires_at = now + self.max_lifetime * (1.0 - 0.1 * self.random())
+        if self.closed and slot.state is not LENT:
+            self.doom(slot, None)
+
+    # -- dialling: one backoff per pool ------------------------------------------------
+
+    def dial_begin(self, now: float) -> float:
+        """Ask to dial at ``now``: 0.0 means go ahead (counted), else the seconds to wait.
+        A caller told to go ahead reports ``dial_failed``, ``dial_succeeded`` or
+        ``dial_abandoned``. Raises ``PoolClosed`` on a closed pool."""
+        if self.closed:
+            raise PoolClosed(f"pool {self.label} is closed: not dialling")
+        wait = self.backoff.begin(now)
+        if wait == 0.0:
+            self.dials += 1
+        return wait
+
+    def backoff_error(self, wait: float) -> DialError:
+        """The error for a dial refused by the backoff (``wait`` from ``dial_begin``)."""
+        backoff = self.backoff
+        why = "another caller is probing it" if backoff.probing else "backing off"
+        error = DialError(
+            f"dial {self.label}: {why} after {backoff.failures} failed attempts "
+            f"(last: {_describe(backoff.last_error)}); next attempt in {wait:.3f}s",
+            address=self.label,
+            retry_in=wait,
+        )
+        error.__cause__ = backoff.last_error
+        return error
+
+    def dial_failed(self, now: float, started: float, exc: BaseException) -> DialError:
+        """Record a failed dial that began at ``started``; return the error to raise."""
+        retry_in = self.backoff.failed(now, started, exc)
+        self.dial_failures += 1
+        error = DialError(
+            f"dial {self.label} failed: {_describe(exc)}; next attempt in {retry_in:.3f}s",
+            address=self.label,
+            retry_in=retry_in,
+        )
+        error.__cause__ = exc
+        return error
+
+    def dial_succeeded(self) -> int:
+        """Record a dial that worked; return how many had failed before it (0: none)."""
+        failures = self.backoff.failures
+        self.backoff.succeeded()
+        return failures
+
+    def dial_abandoned(self, started: float) -> None:
+        """A dial allowed at ``started`` ended with no outcome (interrupted)."""
+        self.backoff.abandoned(started)
+
+    # -- the pool taking slots for itself (checks, background dials) -------------------
+
+    def maintain(self, now: float) -> tuple[list[tuple[str, S]], float]:
+        """One background pass: what to do now, and when to look again.
+
+        Returns tasks ``(CHECK, slot)`` and ``(DIAL, slot)`` for busy slots
+        (report each with ``checked``/``attach`` then ``restore``) and
+        ``("leak", slot)`` for lent slots held past ``leak_timeout`` (counted
+        here, reported once per lend); closes what expired (``doomed``).
+        """
+        tasks: list[tuple[str, S]] = []
+        if self.closed:
+            return tasks, _INF
+        due = _INF
+        if self.leak_timeout < _INF:
+            for slot in self._lent():
+                if slot.reported == slot.seq:
+                    continue
+                at = slot.lent_at + self.leak_timeout
+                if now >= at:
+                    slot.reported = slot.seq
+                    self.leaks += 1
+                    tasks.append(("leak", slot))
+                else:
+                    due = min(due, at)
+        for slot in list(self.idle):
+            if slot.conn is None:
+                continue
+            if now >= slot.expires_at:
+                self.doom(slot, "lifetime")
+            elif now >= slot.idle_since + self.idle_timeout and self.connected > self.min_idle:
+                self.doom(slot, "idle")
+            elif now >= slot.checked_at + self.check_interval:
+                self._take(slot)
+                tasks.append((CHECK, slot))
+                continue
+            if slot.conn is not None:
+                due = min(
+                    due,
+                    slot.expires_at,
+                    slot.checked_at + self.check_interval,
+                    slot.idle_since + self.idle_timeout if self.connected > self.min_idle else _INF,
+                )
+            else:
+                self._schedule(slot)
+        missing = self.min_idle - self.connected - self.busy_dials
+        if missing > 0:
+            wait = self.backoff.wait(now)
+            if wait > 0:
+                due = min(due, now + wait)
+            else:
+                for slot in [s for s in self.idle if s.conn is None][:missing]:
+                    self._take(slot)
+                    self.busy_dials += 1
+                    tasks.append((DIAL, slot))
+        return tasks, due
+
+    def _take(self, slot: S) -> None:
+        self.idle.remove(slot)
+        slot.state = BUSY
+
+    def _lent(self) -> Iterator[S]:
+        for slot in self.members:
+            if slot.state is LENT:
+                yield slot
+        yield from (slot for slot in self.extra if slot.state is LENT)
+
+    def restore(self, slot: S, now: float, *, dialled: bool = False) -> W | None:
+        """Give back a busy slot (its check or dial is done): to the first waiter or idle."""
+        if dialled:
+            self.busy_dials -= 1
+        if self.closed:
+            self.doom(slot, None)
+            slot.state = IDLE
+            return None
+        self._schedule(slot)
+        if self.waiters:
+            return self._serve(slot, now)
+        slot.state = IDLE
+        self.idle.append(slot)
+        return None
+
+    @property
+    def ready(self) -> bool:
+        """Whether ``min_idle`` members are connected (or the pool is closed)."""
+        return self.closed or self.connected >= self.min_idle
+
+    # -- closing, forking ---------------------------------------------------------------
+
+    def close(self) -> list[W]:
+        """Mark closed and doom idle connections; return the waiters not yet woken.
+
+        Running it again after an interruption finishes the job: waiters stay
+        queued until the shell sets ``closed`` on each (and wakes it)."""
+        self.closed = True
+        for slot in self.idle:
+            self.doom(slot, None)
+        self.idle.clear()
+        return [waiter for waiter in self.waiters if not waiter.closed]
+
+    def after_fork(self, *, release_lent: bool) -> None:
+        """In a forked child only the forking thread is left. Every connection was the
+        parent's: idle and busy ones are released (``released``, no I/O). A lent slot
+        stays lent until put back (a member may have been handed between threads, so
+        who holds it cannot be known: it is never lent again before it is put back);
+        its connection is released now with ``release_lent`` (socket members: the
+        holder's next I/O redials), else when it is put back (a client object the
+        holder has in hand). Nobody waits; a probe in flight belonged to a thread that
+        is gone."""
         self.waiters.clear()
-        for member in self.members:
-            member._lent = member in still_lent
-        idle = [] if self.closed else [m for m in self.members if not m._lent]
-        self.idle = deque(idle)
+        self.busy_dials = 0
+        self.backoff.abandoned()
+        self.doomed.clear()  # the parent closes those
+        for slot in (*self.members, *self.extra):
+            if slot.state is BUSY:
+                slot.state = IDLE
+                if not self.closed:
+                    self.idle.append(slot)
+            if slot.state is LENT and not release_lent:
+                if slot.conn is not None:
+                    slot.inherited = True
+                    slot.expires_at = -_INF  # its give_back takes the slow path
+            else:
+                self._release(slot)
+                if slot.state is IDLE:
+                    self._schedule(slot)
+
+    # -- observing -----------------------------------------------------------------------
+
+    def describe(self, slot: S) -> str:
+        """A short name for a slot in errors: pool label and index."""
+        kind = "overflow connection" if slot.overflow else "member"
+        return f"{kind} #{slot.index} of {self.label}"
+
+    def exhausted(self, timeout: float, now: float, where: Callable[[Any], str]) -> PoolTimeout:
+        """The ``PoolTimeout`` for a ``get`` that waited ``timeout``: says why."""
+        lent = sum(1 for _ in self._lent())
+        text = (
+            f"no member of {self.label} became free within {timeout}s: "
+            f"size {len(self.members)}, {lent} lent, {len(self.waiters)} waiting"
+        )
+        if self.max_overflow:
+            text += f", overflow {len(self.extra)} of {self.max_overflow}"
+        if self.leak_timeout < _INF and lent:
+            oldest = min(self._lent(), key=lambda slot: slot.lent_at)
+            text += (
+                f"; the longest held (for {now - oldest.lent_at:.1f}s) was taken at "
+                f"{where(oldest.stack)}"
+            )
+        return PoolTimeout(text, timeout=timeout)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "none"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

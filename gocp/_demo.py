@@ -52,7 +52,9 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _worker(pool: gocp.Pool, tally: _Tally, stop: threading.Event, number: int) -> None:
+def _worker(
+    pool: gocp.Pool[gocp.PersistentConn], tally: _Tally, stop: threading.Event, number: int
+) -> None:
     """What an application writes: get, send, receive, put. No reconnect loop."""
     sequence = 0
     while not stop.is_set():

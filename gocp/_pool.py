@@ -1,24 +1,37 @@
-"""The threaded pool: a thin shell of waiting and I/O around ``PoolCore``."""
+"""The threaded pool: a thin shell of waiting and I/O around ``PoolCore``.
+
+One ``Pool`` class serves both faces of the mechanism: ``gocp.new(address)``
+lends ``PersistentConn`` members that dial on first I/O, and
+``gocp.pool(dial)`` lends the client objects its hooks make, dialling in
+``get``. Lending, waiting, backoff, lifecycle and stats are the same code.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-import threading
+import random
+import sys
 import time
+import traceback
 import weakref
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._address import AddressLike, format_address, parse_address
-from ._backoff import Backoff
-from ._config import Options, check_timeout
+from ._config import Options, check_bool, check_size, check_timeout
 from ._conn import PersistentConn
-from ._core import PoolCore
+from ._core import CHECK, DIAL, LENT, PoolCore, Slot
 from ._errors import DialError, PoolClosed, PoolTimeout
+from ._hooks import HookConnector
+from ._hub import Connector, Hub, Waiter, format_stack
 from ._log import make_log
-from ._stats import PoolStats
+from ._sockets import SocketConnector
+from ._stats import MemberStats, PoolStats
+from ._worker import Worker
 
-__all__ = ["Lend", "Pool", "new"]
+__all__ = ["Lend", "Pool", "new", "pool"]
 
 # Taking the lock on the hot paths (get and put), at about half the cost of ``with``:
 #
@@ -38,42 +51,34 @@ __all__ = ["Lend", "Pool", "new"]
 # because the pool's lock is an RLock, which knows its owner (a plain Lock would be
 # released from under the thread holding it). Nothing between ``finally`` and the
 # release call checks for signals.
+#
+# Interrupts elsewhere: ``get`` undoes (its handler gives back what it took), ``put``
+# and ``close`` finish (their handlers complete the return or the close), and the
+# dial path gives up its probe and closes what it made (``Hub.dial``). A slot's
+# ``seq`` tells the lend being undone or finished from a later one.
+
+T = TypeVar("T")
 
 _monotonic = time.monotonic
-_allocate_lock = threading.Lock
-_get_ident = threading.get_ident
 
 
-class _Waiter:
-    """A caller blocked in ``get``: a held lock that the pool releases to wake it.
-
-    Served waiters are reused (``Pool._spare_waiters``): making one costs a lock
-    and an ``__init__``, a fifth of a contended get+put.
-    """
-
-    __slots__ = ("lock", "member")
-
-    def __init__(self) -> None:
-        self.lock = _allocate_lock()
-        self.lock.acquire()
-        self.member: PersistentConn | None = None
-
-
-class Lend:
+class Lend(Generic[T]):
     """What ``Pool.connection`` returns: a one-use context manager around get/put."""
 
     __module__ = "gocp"
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_conn", "_connect", "_fresh", "_pool", "_timeout")
 
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
+    def __init__(self, pool: Pool[T], timeout: float | None, *, fresh: bool, connect: bool) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._conn: PersistentConn | None = None
+        self._fresh = fresh
+        self._connect = connect
+        self._conn: T | None = None
 
-    def __enter__(self) -> PersistentConn:
+    def __enter__(self) -> T:
         if self._conn is not None:
             raise RuntimeError("a Pool.connection() context can be entered once")
-        conn = self._conn = self._pool.get(self._timeout)
+        conn = self._conn = self._pool.get(self._timeout, fresh=self._fresh, connect=self._connect)
         return conn
 
     def __exit__(
@@ -84,112 +89,168 @@ class Lend:
     ) -> None:
         conn = self._conn
         assert conn is not None
-        if exc_type is None:
-            self._pool.put(conn)
-        else:
-            self._pool.put(conn, broken=not conn._fresh)
+        self._pool._return(conn, exc)
 
 
-class Pool:
-    """A fixed set of ``size`` self-redialling connections to one server.
+class Pool(Generic[T]):
+    """A fixed set of ``size`` self-redialling connections (or clients) to one server.
 
-    Make one with ``gocp.new``. Thread-safe: one pool serves many threads.
-    The pool never waits on the network while holding its lock, and never
-    starts a thread.
+    Make one with ``gocp.new(address)`` (members are ``PersistentConn``) or
+    ``gocp.pool(dial)`` (members are the objects ``dial()`` returns).
+    Thread-safe: one pool serves many threads. The pool never waits on the
+    network while holding its lock; it starts a background thread only when
+    an option needs one (``check_interval``, ``idle_timeout``,
+    ``max_lifetime``, ``min_idle``, ``leak_timeout``).
     """
 
     __module__ = "gocp"
 
     def __init__(
         self,
-        address: AddressLike,
+        connector: Connector,
         *,
-        size: int = 5,
-        logger: object = None,
-        **options: Any,
+        size: int,
+        options: Options,
+        logger: object,
+        sockets: bool,
+        address: str | None,
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"size: expected an int, got {type(size).__name__} {size!r}")
-        if size < 1:
-            raise ValueError(f"size: must be >= 1, got {size}")
-        self.address = parse_address(address)
-        self.address_text = format_address(self.address)
-        self.options = Options.build(options)
-        self._io_timeout = self.options.io_timeout  # read on every put
-        self._log = make_log(logger)
-        # An RLock, for its owner (see "Taking the lock" above); never taken twice by a thread.
-        self._lock = threading.RLock()
-        self._backoff = Backoff(self.options.retry_min, self.options.retry_max)
-        self._members = tuple(PersistentConn(self, index) for index in range(size))
-        self._core: PoolCore[PersistentConn, _Waiter] = PoolCore(self._members)
-        self._spare_waiters: list[_Waiter] = []  # served waiters, their locks held again
-        _live_pools.add(self)
+        size = check_size(size)
+        if options.min_idle > size:
+            raise ValueError(f"min_idle: must be <= size ({size}), got {options.min_idle}")
+        log = make_log(logger)
+        self.options = options
+        self.name = options.name or connector.label
+        self.address_text = address
+        clock = options.clock or _monotonic
+        self._clock = clock
+        self._epoch = time.time() - clock()  # the wall time of the clock's zero, for stats
+        self._sockets = sockets  # members are PersistentConn (else: lend slot.conn)
+        self._spare_waiters: list[Waiter] = []  # served waiters, their locks held again
+        self._leaks = options.leak_timeout is not None
+        hub = Hub(connector, clock=clock, log=log)
+        make: Callable[..., Slot] = (
+            (lambda index, overflow=False: PersistentConn(hub, index, overflow=overflow))
+            if sockets
+            else (lambda index, overflow=False: Slot(index, overflow=overflow))
+        )
+        core: PoolCore[Any, Waiter] = PoolCore(
+            [make(index) for index in range(size)],
+            options,
+            label=self.name,
+            make_overflow=lambda index: make(index, overflow=True),
+            dial_in_lend=not sockets,
+            can_check=connector.can_check,
+            random=random.random,
+            probe_lease=connector.probe_lease,
+        )
+        hub.core = core
+        self._hub = hub
+        self._core = core
+        self._lock = hub.lock
+        hub.pool_ref = weakref.ref(self)
+        _live_hubs.add(hub)
+        # A pool dropped without close() is closed when it is collected (no cycle holds it).
+        self._finalizer = weakref.finalize(self, hub.close)
+        intervals = [
+            value
+            for value in (
+                options.check_interval if connector.can_check else None,
+                options.idle_timeout,
+                options.max_lifetime,
+                options.leak_timeout,
+            )
+            if value is not None
+        ]
+        if intervals or options.min_idle:
+            cap = max(0.001, min(intervals, default=1.0) / 4)
+            hub.worker = Worker(hub, cap=cap, name=self.name)
+            subscribe = getattr(clock, "subscribe", None)
+            if callable(subscribe):
+                subscribe(hub.worker.wake)
+            hub.worker.start()
 
     # -- lending ---------------------------------------------------------------
 
     @property
+    def address(self) -> tuple[str, int] | None:
+        """The ``(host, port)`` of a socket pool's server; ``None`` for a pool of clients."""
+        return getattr(self._hub.connector, "address", None)
+
+    @property
     def size(self) -> int:
         """The number of members; constant for the pool's life."""
-        return len(self._members)
+        return len(self._core.members)
 
     @property
     def closed(self) -> bool:
         """Whether ``close`` was called."""
         return self._core.closed
 
-    def get(self, timeout: float | None = None) -> PersistentConn:
+    def get(self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False) -> T:
         """Lend a member, waiting up to ``timeout`` seconds (``None``: no bound) for one.
 
-        Waiters are served first come, first served. ``timeout=0`` takes a
-        free member or raises at once. The member is lent whatever the state
-        of its connection: it dials on first use, not here, so ``get`` never
-        waits on the network.
+        Waiters are served first come, first served; ``timeout=0`` takes a
+        free member or raises at once. A pool of clients (``gocp.pool``)
+        returns the client, dialling it first if the member has none (and
+        checking it first if it sat idle longer than ``check_interval``); a
+        socket pool returns the ``PersistentConn``, which dials on first I/O,
+        or here with ``connect=True`` (waiting out the backoff within
+        ``timeout``). ``fresh=True`` closes the member's connection first, so
+        the one you get is newly made.
 
-        Raises ``PoolTimeout`` when the time runs out and ``PoolClosed`` when
-        the pool is closed, also while waiting.
+        Raises ``PoolTimeout`` when the time runs out, ``PoolClosed`` when the
+        pool is closed (also while waiting), ``DialError`` when a needed dial
+        fails or the server is backing off (the member goes back to the pool).
         """
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
+        if fresh is not False or connect is not False:
+            check_bool("fresh", fresh)
+            check_bool("connect", connect)
         lock = self._lock
-        member: PersistentConn | None = None
-        waiter: _Waiter | None = None
+        core = self._core
+        slot: Any = None
+        waiter: Waiter | None = None
         try:
             try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
                 lock.acquire()
-                member = self._core.lend()
-                if member is None:
+                slot = core.lend(self._clock())
+                if slot is None:
                     if timeout == 0:
-                        self._core.timeouts += 1
-                        raise PoolTimeout("no idle member (timeout=0)", timeout=0.0)
+                        core.timeouts += 1
+                        raise core.exhausted(0.0, self._clock(), format_stack)
                     spare = self._spare_waiters
-                    waiter = spare.pop() if spare else _Waiter()
-                    self._core.enqueue(waiter)
+                    waiter = spare.pop() if spare else Waiter()
+                    core.enqueue(waiter, self._clock())
             finally:
                 try:
                     lock.release()
                 except RuntimeError:  # interrupted while waiting for it: never held
                     pass
-            if member is None:
-                # In this order, an interrupt at any point leaves _abandon what it needs.
+            if slot is None:
+                started = _monotonic()
                 served = waiter
                 assert served is not None
-                member = self._wait(served, timeout)
+                slot = self._wait(served, timeout)
                 waiter = None
-                served.member = None  # its lock is held again: it can serve another wait
+                served.slot = None  # its lock is held again: it can serve another wait
                 self._spare_waiters.append(served)
-            member._fresh = True
-            member._holder = _get_ident()
-            return member
-        except (PoolTimeout, PoolClosed):
-            raise
+                if timeout is not None:
+                    timeout = max(0.0, timeout - (_monotonic() - started))
+            if slot.pending or fresh or connect:
+                self._prepare(slot, timeout, fresh=fresh, connect=connect)
+            if self._leaks:
+                slot.stack = traceback.extract_stack(sys._getframe(1), limit=12)
+            return slot if self._sockets else slot.conn  # type: ignore[no-any-return]
         except BaseException:
-            # Interrupted (a signal handler raised): leave the queue and give back
-            # whatever this call took but never handed to its caller.
-            self._abandon(member, waiter)
+            # Interrupted (a signal handler raised), or a dial or check failed: leave the
+            # queue and give back whatever this call took but never handed to its caller.
+            self._abandon(slot, waiter)
             raise
 
-    def _wait(self, waiter: _Waiter, timeout: float | None) -> PersistentConn:
-        """Wait until ``waiter`` is served (its member) or closed, or time runs out."""
+    def _wait(self, waiter: Waiter, timeout: float | None) -> Slot:
+        """Wait until ``waiter`` is served (its slot) or woken by close, or time runs out."""
         if timeout is None:
             waiter.lock.acquire()
         elif not waiter.lock.acquire(True, timeout):
@@ -197,113 +258,198 @@ class Pool:
                 # Withdrawn: raise. A timed-out waiter is dropped, not kept for reuse: if
                 # an interrupt came before the raise, _abandon could withdraw it again
                 # after another thread had queued it anew.
-                if self._core.cancel(waiter):
-                    raise PoolTimeout(
-                        f"no member of {self.address_text} became free within {timeout}s",
-                        timeout=timeout,
-                    )
+                now = self._clock()
+                if self._core.cancel(waiter, now):
+                    raise self._core.exhausted(timeout, now, format_stack)
             # Served, or woken by close(), between the timeout and the lock: both
             # released its lock under the pool lock, so this takes it back at once.
             waiter.lock.acquire(False)
-        member = waiter.member
-        if member is None:
-            raise PoolClosed("pool was closed while waiting")
-        return member
+        slot = waiter.slot
+        if slot is None:
+            with self._lock:
+                self._core.cancel(waiter, self._clock(), timed_out=False)
+            raise PoolClosed(f"pool {self.name} was closed while waiting")
+        return slot  # type: ignore[no-any-return]
 
-    def _abandon(self, member: PersistentConn | None, waiter: _Waiter | None) -> None:
-        """Undo an interrupted ``get``: withdraw its waiter, return what it was lent.
+    def _prepare(self, slot: Slot, timeout: float | None, *, fresh: bool, connect: bool) -> None:
+        """A lent slot's review: close what expired, check it, dial it (outside the lock)."""
+        hub, core = self._hub, self._core
+        with self._lock:
+            action = core.prepare(slot, self._clock(), fresh=fresh)
+        hub.drain()
+        if action == CHECK and not hub.check(slot):
+            with self._lock:
+                action = core.prepare(slot, self._clock())
+        if action == DIAL or (connect and slot.conn is None):
+            self._dial(slot, timeout, connect=connect)
+
+    def _dial(self, slot: Slot, timeout: float | None, *, connect: bool) -> None:
+        """Dial a lent slot within ``timeout``: up to ``dial_attempts`` attempts (as many as
+        the time allows with ``get(connect=True)``), waiting out the backoff between them.
+        With one attempt, a backoff in progress fails at once (``DialError``, ``retry_in``)."""
+        hub, core = self._hub, self._core
+        deadline = None if timeout is None else _monotonic() + timeout
+        dial_timeout = getattr(hub.connector, "dial_timeout", None)
+        attempts = math.inf if connect else self.options.dial_attempts
+        made = 0
+        while True:
+            connect_by = None
+            if dial_timeout is not None:
+                connect_by = _monotonic() + dial_timeout
+                if deadline is not None:
+                    connect_by = min(connect_by, max(deadline, _monotonic() + 0.001))
+            dials = core.dials
+            try:
+                hub.dial(slot, connect_by)
+                return
+            except DialError as exc:
+                made += core.dials - dials  # 0: the backoff refused it, nothing was tried
+                if made >= attempts or attempts == 1:
+                    raise
+                wait = exc.retry_in
+                if deadline is not None and _monotonic() + wait >= deadline:
+                    raise
+            if hub.closing.wait(wait):
+                raise PoolClosed(f"pool {self.name} was closed while dialling")
+
+    def _abandon(self, slot: Slot | None, waiter: Waiter | None) -> None:
+        """Undo an interrupted or failed ``get``: withdraw its waiter, give back its slot.
 
         The waiter is not reused: the state of its lock is unknown."""
         if waiter is not None:
             with self._lock:
-                self._core.cancel(waiter)  # False if it was served: then it holds a member
-            if member is None:
-                member = waiter.member
-        if member is not None and member._lent:
-            self.put(member)
+                self._core.cancel(waiter, self._clock(), timed_out=False)
+                if slot is None:
+                    slot = waiter.slot  # served before the interrupt: it holds a slot
+        if slot is not None:
+            with self._lock:
+                if slot.state is LENT:  # only this call gives it back (see _prepare)
+                    self._hub.wake(self._core.give_back(slot, self._clock()))
+            self._hub.drain()
 
-    def put(self, conn: PersistentConn, broken: bool = False) -> None:
+    def put(self, conn: T, broken: bool = False) -> None:
         """Give back a member lent by ``get``.
 
-        With ``broken=True`` its socket is closed and it redials before its
-        next use: do this when the stream is in a state you cannot trust.
+        With ``broken=True`` its connection is closed and it redials before
+        its next use: do this when the stream is in a state you cannot trust.
         A member of a closed pool is closed here. Raises ``TypeError`` for
-        something that is not a member and ``ValueError`` for another pool's
+        something that is not a member, ``ValueError`` for another pool's
         member or one that is not lent (put twice); the pool is unchanged.
         """
-        if conn.__class__ is not PersistentConn:
-            raise TypeError(f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}")
-        if conn._pool is not self:
-            raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
-        if conn._dirty and not broken:  # this lend changed the timeout or took the socket
-            try:
-                conn._restore(self._io_timeout)  # socket options only: outside the lock
-            except OSError:  # e.g. the holder closed the socket it took with conn.socket
-                broken = True
-        if broken:
-            self._put_broken(conn)
-            return
-        lock = self._lock
-        try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
-            lock.acquire()
-            if not conn._lent:
-                raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
-            waiter = self._core.give_back(conn)
-            if waiter is not None:
-                waiter.lock.release()
-                return
-            closed = self._core.closed
-        finally:
-            try:
-                lock.release()
-            except RuntimeError:  # interrupted while waiting for it: never held
-                pass
-        if closed:
-            conn._drop()
-
-    def _put_broken(self, conn: PersistentConn) -> None:
-        if not conn._lent:  # checked again under the lock; this spares an idle member
-            raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
-        had_socket = conn._sock is not None  # a break during I/O was counted when it happened
+        if self._sockets:
+            if conn.__class__ is not PersistentConn:
+                raise TypeError(f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}")
+            slot: Any = conn
+            if slot._hub is not self._hub:
+                raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
+        else:
+            slot = self._core.by_conn.get(id(conn))
+            if slot is None or slot.conn is not conn:
+                raise ValueError(
+                    f"conn: {type(conn).__name__} object at {id(conn):#x} was not lent by "
+                    f"{self!r} (or was put back already)"
+                )
+        if broken is not False:
+            check_bool("broken", broken)
+        seq = slot.seq
         try:
-            conn._drop()  # outside the lock, as closing is I/O; the member is still lent
-            conn._restore(self._io_timeout)
-        finally:  # even if interrupted: the slot must come back
-            with self._lock:
-                if not conn._lent:
-                    raise ValueError(f"conn: {conn!r} is not lent (put twice?)")
-                if had_socket:
-                    self._core.broken += 1
-                waiter = self._core.give_back(conn)
+            if slot.state is not LENT:
+                raise ValueError(f"conn: {self._core.describe(slot)} is not lent (put twice?)")
+            if self._sockets and (slot._io is not None or slot._dirty) and not slot._end_lend():
+                broken = True
+            lock = self._lock
+            if broken:
+                with lock:
+                    if slot.state is LENT and slot.seq == seq:
+                        self._core.broke(slot)
+                self._hub.drain()
+            try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
+                lock.acquire()
+                waiter = self._core.give_back(slot, self._clock())
                 if waiter is not None:
                     waiter.lock.release()
+            finally:
+                try:
+                    lock.release()
+                except RuntimeError:  # interrupted while waiting for it: never held
+                    pass
+            if self._core.doomed:
+                self._hub.drain()
+        except BaseException:
+            # Interrupted: finish the return (only if this lend is still the slot's).
+            with self._lock:
+                if slot.state is LENT and slot.seq == seq:
+                    if broken:
+                        self._core.broke(slot)
+                    self._hub.wake(self._core.give_back(slot, self._clock()))
+            self._hub.drain()
+            raise
 
-    def connection(self, timeout: float | None = None) -> Lend:
+    def _return(self, conn: Any, exc: BaseException | None) -> None:
+        """Put back at the end of a ``with`` block: broken if the block raised an
+        exception ``broken_on`` accepts (for sockets: after this lend did I/O)."""
+        broken = False
+        if exc is not None:
+            if self._sockets:
+                broken = conn._used()
+            if not self._sockets or broken:
+                try:
+                    broken = self.options.is_broken(exc)
+                except Exception as error:  # noqa: BLE001 - a failing predicate: state unknown
+                    self._hub.report("warning", "broken_on_failed", error=repr(error))
+                    broken = True
+        self.put(conn, broken=broken)
+
+    def connection(
+        self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
+    ) -> Lend[T]:
         """A context manager: ``get`` a member for a ``with`` block, ``put`` it back after.
 
-        If the block raises after using the member, the stream may hold a
-        half-sent request or an unread reply, so the member goes back broken
-        and redials; if it raises before any I/O, it goes back as it was.
-        ``get``'s errors (``PoolTimeout``, ``PoolClosed``) raise at ``with``.
+        If the block raises an exception that ``broken_on`` accepts (by
+        default any), the member goes back broken and redials: the stream may
+        hold a half-sent request or an unread reply. For socket members this
+        applies only once the block used the member (an error before any I/O
+        leaves it as it was). ``get``'s errors (``PoolTimeout``,
+        ``PoolClosed``, ``DialError``) raise at ``with``.
         """
-        return Lend(self, timeout)
+        return Lend(self, timeout, fresh=fresh, connect=connect)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until ``min_idle`` members are connected (at once when ``min_idle`` is 0).
+
+        Raises ``PoolTimeout`` when ``timeout`` seconds pass first, ``PoolClosed``
+        if the pool is closed."""
+        if timeout is not None:
+            timeout = check_timeout("timeout", timeout)
+        hub = self._hub
+        with hub.lock:
+            ok = hub.ready.wait_for(lambda: self._core.ready, timeout)
+            if self._core.closed:
+                raise PoolClosed(f"pool {self.name} is closed")
+            if not ok:
+                raise PoolTimeout(
+                    f"{self.name}: {self._core.connected} of min_idle="
+                    f"{self._core.min_idle} members connected within {timeout}s "
+                    f"(last dial error: {self._core.backoff.last_error!r})",
+                    timeout=timeout or 0.0,
+                )
 
     # -- closing -----------------------------------------------------------------
 
     def close(self) -> None:
         """Close idle members now and lent ones when they come back; wake waiters.
 
-        Idempotent; never waits on the network; leaves no thread behind.
+        Idempotent (a second call finishes an interrupted one); never waits on
+        the network; the background thread, if any, ends after its current task.
         Holders of lent members keep using them until they put them back.
         """
-        with self._lock:
-            idle, waiters = self._core.close()
-            for waiter in waiters:
-                waiter.lock.release()
-        for member in idle:
-            member._drop()
+        try:
+            self._hub.close()
+        except BaseException:
+            self._hub.close()  # interrupted: finish the job
+            raise
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Pool[T]:
         return self
 
     def __exit__(
@@ -319,129 +465,79 @@ class Pool:
     def stats(self) -> PoolStats:
         """A consistent, immutable snapshot of gauges and counters (see ``PoolStats``)."""
         core = self._core
+        connector: Any = self._hub.connector
         with self._lock:
-            in_use = sum(1 for member in self._members if member._lent)
+            epoch = self._epoch
+
+            def when(at: float | None) -> float | None:
+                return None if at is None or at == float("-inf") else epoch + at
+
+            connected = 0
+            members = []
+            for slot in core.members:
+                live = slot.conn is not None
+                if live and self._sockets and slot.state is not LENT:
+                    live = not connector.stale(slot.conn)
+                connected += live
+                members.append(
+                    MemberStats(
+                        index=slot.index,
+                        lent=slot.state is LENT,
+                        connected=slot.conn is not None,
+                        connected_at=when(slot.connected_at) if slot.conn is not None else None,
+                        last_used_at=when(slot.returned_at),
+                        uses=slot.uses if slot.conn is not None else 0,
+                    )
+                )
+            lent = sum(1 for slot in core.members if slot.state is LENT)
+            extra_lent = sum(1 for slot in core.extra if slot.state is LENT)
+            closed_by = core.closed_by
             return PoolStats(
+                name=self.name,
                 address=self.address_text,
-                size=len(self._members),
+                size=len(core.members),
                 idle=len(core.idle),
-                in_use=in_use,
-                waiting=len(core.waiters),
-                connected=sum(1 for member in self._members if member._sock is not None),
+                in_use=lent + extra_lent,
+                waiting=sum(1 for waiter in core.waiters if not waiter.closed),
+                connected=connected,
+                overflow=len(core.extra),
                 lends=core.lends,
                 waits=core.waits,
                 timeouts=core.timeouts,
+                wait_time=core.wait_time,
                 dials=core.dials,
                 dial_failures=core.dial_failures,
                 broken=core.broken,
                 stale=core.stale,
+                leaks=core.leaks,
+                hook_failures=core.hook_failures,
+                closed_idle=closed_by["idle"],
+                closed_lifetime=closed_by["lifetime"],
+                closed_check=closed_by["check"],
+                closed_broken=closed_by["broken"],
+                closed_overflow=closed_by["overflow"],
+                closed_fresh=closed_by["fresh"],
                 closed=core.closed,
+                members=tuple(members),
             )
 
     def __repr__(self) -> str:
-        s = self.stats()
-        state = " closed" if s.closed else ""
+        core = self._core
+        lent = sum(1 for slot in core.members if slot.state is LENT)
+        state = " closed" if core.closed else ""
         return (
-            f"<gocp.Pool {s.address} size={s.size} idle={s.idle} in_use={s.in_use} "
-            f"waiting={s.waiting} connected={s.connected}{state}>"
+            f"<gocp.Pool {self.name} size={len(core.members)} idle={len(core.idle)} "
+            f"in_use={lent + len(core.extra)} waiting={len(core.waiters)} "
+            f"connected={core.connected}{state}>"
         )
 
-    # -- called by members (never with the lock held by the caller) ------------
 
-    def _dial_permit(self, member: PersistentConn) -> float:
-        """Allow a dial now (return its start time) or raise ``DialError``/``PoolClosed``."""
-        now = _monotonic()
-        with self._lock:
-            if self._core.closed:
-                raise PoolClosed("pool is closed: not redialling")
-            backoff = self._backoff
-            wait = backoff.begin(now)
-            if wait > 0:
-                why = "another member is probing it" if backoff.probing else "backing off"
-                raise DialError(
-                    f"dial {self.address_text}: {why} after {backoff.failures} failed "
-                    f"attempts (last: {backoff.last_error}); next attempt in {wait:.3f}s",
-                    address=self.address_text,
-                    retry_in=wait,
-                ) from backoff.last_error
-            self._core.dials += 1
-        return now
-
-    def _dial_abandoned(self, member: PersistentConn) -> None:
-        with self._lock:
-            self._backoff.abandoned()
-
-    def _dial_failed(self, member: PersistentConn, started: float, exc: OSError) -> DialError:
-        now = _monotonic()
-        with self._lock:
-            retry_in = self._backoff.failed(now, started, exc)
-            self._core.dial_failures += 1
-            attempt = self._backoff.failures
-        if self._log is not None:
-            self._log(
-                "warning",
-                "dial_failed",
-                address=self.address_text,
-                error=_describe(exc),
-                attempt=attempt,
-                retry_in=round(retry_in, 3),
-            )
-        return DialError(
-            f"dial {self.address_text} failed: {_describe(exc)}; next attempt in {retry_in:.3f}s",
-            address=self.address_text,
-            retry_in=retry_in,
-        )
-
-    def _dial_succeeded(self, member: PersistentConn) -> None:
-        with self._lock:
-            self._backoff.succeeded()
-
-    def _event_broken(self, member: PersistentConn, op: str, exc: BaseException) -> None:
-        with self._lock:
-            self._core.broken += 1
-        if self._log is not None:
-            self._log(
-                "warning",
-                "connection_broken",
-                address=self.address_text,
-                error=_describe(exc),
-                op=op,
-                member=member.index,
-            )
-
-    def _event_stale(self, member: PersistentConn) -> None:
-        with self._lock:
-            self._core.stale += 1
-        if self._log is not None:
-            self._log("info", "stale_dropped", address=self.address_text, member=member.index)
-
-    def _event_close_failed(self, member: PersistentConn, exc: OSError) -> None:
-        if self._log is not None:
-            self._log("warning", "close_failed", address=self.address_text, error=_describe(exc))
-
-    def _after_fork_in_child(self) -> None:
-        """In a forked child only the forking thread exists: what it holds stays lent to it,
-        everything else is idle again; every inherited socket is released without I/O."""
-        self._lock = threading.RLock()
-        self._spare_waiters = []  # their locks belong to the parent's threads' history
-        me = _get_ident()
-        self._core.reset_after_fork([m for m in self._members if m._lent and m._holder == me])
-        self._backoff.abandoned()  # a probe in flight belonged to a thread that is gone
-        for member in self._members:
-            member._forget_after_fork()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+_live_hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    for pool in list(_live_pools):
-        pool._after_fork_in_child()
+    for hub in list(_live_hubs):
+        hub.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -453,19 +549,66 @@ def new(
     *,
     size: int = 5,
     logger: object = None,
+    check: Callable[[PersistentConn], object] | None = None,
     **options: Any,
-) -> Pool:
-    """Make a ``Pool`` of ``size`` members connecting to ``address``. Never touches the network.
+) -> Pool[PersistentConn]:
+    """Make a ``Pool`` of ``size`` socket members connecting to ``address``.
 
+    Never touches the network: it succeeds while the server is down (unless
+    ``min_idle`` asks the background thread to connect some at once).
     ``address`` is ``"host:port"``, ``"[v6addr]:port"`` or ``(host, port)``.
     ``logger`` is ``None`` (silent), any object with ``print()``, a structlog
-    logger or a ``logging.Logger``. ``options`` are those of ``gocp.Options``:
-    ``dial_timeout=5.0``, ``io_timeout=30.0``, ``retry_min=0.1``,
-    ``retry_max=3.0``, ``nodelay=True``, ``keepalive=30.0``.
+    logger or a ``logging.Logger``. ``check(conn)``, optional, is a protocol
+    check (a ping) run on a member idle longer than ``check_interval``; it
+    raises or returns ``False`` when the connection is dead. ``options`` are
+    those of ``gocp.Options``.
 
     Raises ``TypeError`` or ``ValueError`` naming the bad argument.
     """
-    return Pool(address, size=size, logger=logger, **options)
+    parsed = parse_address(address)
+    if check is not None and not callable(check):
+        raise TypeError(f"check: expected a callable or None, got {check!r}")
+    opts = Options.build(options, check=check is not None)
+    connector = SocketConnector(parsed, opts, check=check)
+    text = format_address(parsed)
+    return Pool(connector, size=size, options=opts, logger=logger, sockets=True, address=text)
+
+
+def pool(
+    dial: Callable[[], T],
+    *,
+    size: int = 5,
+    check: Callable[[T], object] | None = None,
+    close: Callable[[T], object] | None = None,
+    logger: object = None,
+    **options: Any,
+) -> Pool[T]:
+    """Make a ``Pool`` of ``size`` clients, each made by ``dial()`` when first needed.
+
+    ``dial()`` takes no argument and returns a new client (a Thrift client,
+    a gRPC channel, a DB connection...); ``close(client)`` closes one
+    (default: the client's own ``close()``, if it has one); ``check(client)``
+    raises or returns ``False`` when a client is dead, and runs on a member
+    idle longer than ``check_interval`` (default 30 s with a check) before it
+    is lent, and in the background. Hooks run outside the pool's lock; a
+    hook that raises is reported and counted and never loses a slot.
+
+    Never calls ``dial`` here (unless ``min_idle`` asks the background thread
+    to). Socket options (``dial_timeout``, ``io_timeout``, ``nodelay``,
+    ``keepalive``) are a ``TypeError``: the hooks bound their own I/O.
+    """
+    for name, hook, optional in (("dial", dial, False), ("check", check, True)):
+        if not callable(hook) and not (optional and hook is None):
+            raise TypeError(f"{name}: expected a callable, got {hook!r}")
+    if close is not None and not callable(close):
+        raise TypeError(f"close: expected a callable or None, got {close!r}")
+    opts = Options.build(options, sockets=False, check=check is not None)
+    label = opts.name or getattr(dial, "__qualname__", None) or repr(dial)
+    connector = HookConnector(
+        dial, check=check, close=close, label=label, probe_lease=opts.retry_max
+    )
+    return Pool(connector, size=size, options=opts, logger=logger, sockets=False, address=None)
 
 
 new.__module__ = "gocp"
+pool.__module__ = "gocp"

@@ -270,9 +270,30 @@ def test_begin_one_probe_after_the_window():
     assert backoff.probing is False
     assert backoff.begin(10.1) == 0.0  # the probe
     assert backoff.probing is True
-    # Others wait for its outcome, retry_min at a time.
-    assert backoff.begin(10.1) == pytest.approx(0.1)
-    assert backoff.begin(10.5) == pytest.approx(0.1)
+    # Others wait for its outcome: at most until its lease (retry_max by default) ends.
+    assert backoff.begin(10.1) == pytest.approx(1.0)
+    assert backoff.begin(10.5) == pytest.approx(0.6)
+
+
+def test_a_probe_that_never_reports_stops_blocking_when_its_lease_ends():
+    """An interrupted or vanished prober cannot make the outage permanent."""
+    backoff = Backoff(0.1, 1.0, random=Draws(0.0), lease=5.0)
+    backoff.failed(now=10.0, started=9.9)
+    assert backoff.begin(10.1) == 0.0  # the probe, which then vanishes without a word
+    assert backoff.begin(14.0) == pytest.approx(1.1)
+    assert backoff.begin(15.1) == 0.0  # its lease is over: a new probe
+    assert backoff.begin(15.2) == pytest.approx(4.9)
+
+
+def test_abandoned_ends_only_its_own_probe():
+    backoff = Backoff(0.1, 1.0, random=Draws(0.0), lease=5.0)
+    backoff.failed(now=10.0, started=9.9)
+    assert backoff.begin(10.1) == 0.0  # probe A (began at 10.1)
+    backoff.abandoned(started=10.0)  # a dial that began before it is not the probe
+    assert backoff.probing is True
+    backoff.abandoned(started=10.1)
+    assert backoff.probing is False
+    assert backoff.begin(10.2) == 0.0  # a new probe at once
 
 
 @pytest.mark.parametrize("outcome", ["failed", "succeeded", "abandoned"])
@@ -303,7 +324,7 @@ def test_an_overlapping_failure_does_not_end_the_probe():
     backoff.failed(now=10.3, started=9.0)  # the old dial: overlapped, counted already
     assert backoff.failures == 1
     assert backoff.probing is True
-    assert backoff.begin(10.3) == pytest.approx(0.1)  # still one probe in flight
+    assert backoff.begin(10.3) == pytest.approx(0.9)  # still one probe in flight (lease 1.0)
 
 
 def test_begin_with_no_wait_never_waits():

@@ -9,7 +9,6 @@ import attrs
 import pytest
 
 import gocp
-from gocp._address import format_address, parse_address
 from gocp._config import MAX_SECONDS, check_timeout
 
 # A port nothing listens on is never dialled here: ``new`` must not touch the network.
@@ -59,7 +58,7 @@ def test_new_never_touches_the_network():
     # and so does get, because dialling happens on first I/O.
     with gocp.new("gocp-test.invalid:1", size=3) as pool:
         conn = pool.get(timeout=0)
-        assert conn.socket is None
+        assert not conn.connected
         pool.put(conn)
         assert pool.stats().dials == 0
 
@@ -185,86 +184,6 @@ def test_check_timeout():
     assert isinstance(check_timeout("t", 2), float)
     with pytest.raises(ValueError, match=r"^t:"):
         check_timeout("t", -0.1)
-
-
-# -- addresses -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("given", "expected"),
-    [
-        ("127.0.0.1:80", ("127.0.0.1", 80)),
-        ("localhost:65535", ("localhost", 65535)),
-        ("example.com:1", ("example.com", 1)),
-        ("[::1]:7000", ("::1", 7000)),
-        ("[fe80::1%lo]:22", ("fe80::1%lo", 22)),
-        (("127.0.0.1", 7000), ("127.0.0.1", 7000)),
-        (("::1", 7000), ("::1", 7000)),
-    ],
-)
-def test_parse_address(given, expected):
-    assert parse_address(given) == expected
-    with gocp.new(given, size=1) as pool:
-        assert pool.address == expected
-        conn = pool.get()
-        assert conn.address == expected
-        pool.put(conn)
-
-
-@pytest.mark.parametrize(
-    "given",
-    [
-        "127.0.0.1",
-        "127.0.0.1:",
-        ":80",
-        "host:port",
-        "host:0",
-        "host:65536",
-        "host:-1",
-        "host:+80",
-        "host: 80",
-        "host:8_0",
-        "host:\uff18\uff10",
-        "::1:80",
-        "[::1]",
-        "[::1]80",
-        "[::1:80",
-        "[]:80",
-        ("127.0.0.1", 0),
-        ("", 80),
-    ],
-)
-def test_bad_address_is_value_error_naming_it(given):
-    with pytest.raises(ValueError, match="address"):
-        gocp.new(given)
-
-
-@pytest.mark.parametrize(
-    "given",
-    [
-        None,
-        80,
-        b"127.0.0.1:80",
-        ["127.0.0.1", 80],
-        ("127.0.0.1",),
-        ("127.0.0.1", 80, 0),
-        (b"127.0.0.1", 80),
-        ("127.0.0.1", 80.0),
-        ("127.0.0.1", True),
-        ("127.0.0.1", None),
-        ("127.0.0.1", "80"),
-    ],
-)
-def test_bad_address_is_type_error_naming_it(given):
-    with pytest.raises(TypeError, match="address"):
-        gocp.new(given)
-
-
-def test_format_address():
-    assert format_address(("127.0.0.1", 80)) == "127.0.0.1:80"
-    assert format_address(("::1", 80)) == "[::1]:80"
-    with gocp.new(("::1", 80), size=1) as pool:
-        assert pool.stats().address == "[::1]:80"
 
 
 # -- socket options reach the socket -------------------------------------------------

@@ -91,11 +91,11 @@ class PoolModel(RuleBasedStateMachine):
         self.pool.put(conn, broken=broken)
         self.returned.append(conn)
         if self.closed:
-            assert conn.socket is None, "a member put back to a closed pool was not closed"
+            assert not conn.connected, "a member put back to a closed pool was not closed"
         else:
             self.idle.append(conn)
             if broken:
-                assert conn.socket is None
+                assert not conn.connected
 
     @precondition(lambda self: self.held)
     @rule(index=st.integers(0, SIZE - 1))
@@ -165,7 +165,7 @@ class PoolModel(RuleBasedStateMachine):
         if was_connected and id(conn) in self.used:
             with pytest.raises(gocp.ConnectionBroken):
                 echo_round_trip(conn)
-            assert conn.socket is None
+            assert not conn.connected
         self.used.add(id(conn))
         if not self.closed:
             echo_round_trip(conn)  # redials

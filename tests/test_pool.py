@@ -251,9 +251,9 @@ class _HookedLock:
 
 
 def test_waiter_served_just_after_its_timeout_is_re_armed(monkeypatch):
-    from gocp import _pool
+    from gocp import _hub
 
-    monkeypatch.setattr(_pool, "_allocate_lock", _HookedLock)
+    monkeypatch.setattr(_hub, "_allocate_lock", _HookedLock)
     monkeypatch.setattr(_HookedLock, "hooks", [])
     with gocp.new(unused_address(), size=1) as pool:
         held = pool.get()
@@ -347,7 +347,7 @@ def test_close_wakes_waiters_with_pool_closed(echo_server):
         # The holder keeps working until it puts the member back.
         assert round_trip(held, b"still") == b"still"
         pool.put(held)
-        assert held.socket is None
+        assert not held.connected
 
 
 def test_close_with_members_lent(echo_server):
@@ -355,23 +355,22 @@ def test_close_with_members_lent(echo_server):
         a, b, c = pool.get(), pool.get(), pool.get()
         for conn in (a, b, c):
             assert round_trip(conn) == b"ping"
-        pool.put(c)
         idle_socket = c.socket
-        assert idle_socket is not None
+        pool.put(c)
         pool.close()
         # The idle member is closed at once; the lent ones stay open for their holders.
-        assert c.socket is None
+        assert not c.connected
         assert idle_socket.fileno() == -1
-        assert a.socket is not None
-        assert b.socket is not None
+        assert a.connected
+        assert b.connected
         assert round_trip(a, b"a") == b"a"
         assert round_trip(b, b"b") == b"b"
         sock_a = a.socket
         pool.put(a)
-        assert a.socket is None  # closed when put back
+        assert not a.connected  # closed when put back
         assert sock_a.fileno() == -1
         pool.put(b, broken=True)
-        assert b.socket is None
+        assert not b.connected
         stats = pool.stats()
         assert (stats.idle, stats.in_use, stats.connected, stats.closed) == (0, 0, 0, True)
         with pytest.raises(gocp.PoolClosed):
@@ -415,7 +414,7 @@ def test_close_is_idempotent_and_concurrent(echo_server):
     pool.close()
     stats = pool.stats()
     assert (stats.closed, stats.idle, stats.connected) == (True, 0, 0)
-    assert all(conn.socket is None for conn in held)
+    assert all(not conn.connected for conn in held)
 
 
 def test_close_never_waits_on_the_network():
@@ -453,7 +452,7 @@ def test_pool_is_a_context_manager(echo_server):
         with pool.connection() as conn:
             assert round_trip(conn) == b"ping"
     assert pool.closed
-    assert conn.socket is None
+    assert not conn.connected
 
 
 def test_pool_context_manager_closes_on_error():
@@ -559,7 +558,7 @@ def test_put_broken_closes_the_socket_and_the_member_redials(echo_server):
         sock = conn.socket
         assert sock is not None
         pool.put(conn, broken=True)
-        assert conn.socket is None
+        assert not conn.connected
         assert sock.fileno() == -1
         stats = pool.stats()
         assert (stats.broken, stats.idle, stats.in_use, stats.connected) == (1, 1, 0, 0)
@@ -607,19 +606,19 @@ def test_settimeout_lasts_until_put(echo_server):
         assert round_trip(conn) == b"ping"
         conn.settimeout(0.5)
         assert conn.gettimeout() == 0.5
-        assert conn.socket is not None
+        assert conn.connected
         assert conn.socket.gettimeout() == 0.5
         pool.put(conn)
         conn = pool.get()
         assert conn.gettimeout() == 3.0
-        assert conn.socket is not None
+        assert conn.connected
         assert conn.socket.gettimeout() == 3.0
         conn.settimeout(None)
         pool.put(conn, broken=True)
         conn = pool.get()
         assert conn.gettimeout() == 3.0
         assert round_trip(conn) == b"ping"
-        assert conn.socket is not None
+        assert conn.connected
         assert conn.socket.gettimeout() == 3.0
         pool.put(conn)
 
@@ -635,9 +634,9 @@ def test_connection_puts_back(echo_server):
             sock = conn.socket
         stats = pool.stats()
         assert (stats.idle, stats.in_use, stats.broken) == (1, 0, 0)
-        assert conn.socket is sock  # kept connected for the next lend
         with pool.connection(timeout=0) as again:
             assert again is conn
+            assert again.socket is sock  # kept connected for the next lend
 
 
 def test_connection_broken_when_the_block_raises_after_io(echo_server):
@@ -653,7 +652,7 @@ def test_connection_broken_when_the_block_raises_after_io(echo_server):
         with pytest.raises(ValueError, match="bad reply"):
             block()
         # The stream may hold an unread reply: the member went back broken.
-        assert used[0].socket is None
+        assert not used[0].connected
         stats = pool.stats()
         assert (stats.broken, stats.idle, stats.in_use) == (1, 1, 0)
         with pool.connection() as conn:
@@ -665,10 +664,11 @@ def test_connection_not_broken_when_the_block_raises_before_io(echo_server):
     with gocp.new(echo_server.address, size=1) as pool:
         with pool.connection() as conn:
             assert round_trip(conn) == b"ping"
-        sock = conn.socket
+            sock = conn.socket
         with pytest.raises(ValueError, match="early"), pool.connection():
             raise ValueError("early")
-        assert conn.socket is sock
+        with pool.connection() as conn:
+            assert conn.socket is sock
         stats = pool.stats()
         assert (stats.broken, stats.idle, stats.dials) == (0, 1, 1)
 

@@ -100,7 +100,7 @@ def test_connect_timeout_against_a_full_accept_queue():
             with within(0.3, at_least=0.25), pytest.raises(gocp.DialError) as info:
                 conn.sendall(b"x")
             assert isinstance(info.value.__cause__, TimeoutError)
-            assert conn.socket is None
+            assert not conn.connected
             pool.put(conn)
             assert pool.stats().idle == 1
 
@@ -211,7 +211,7 @@ def test_reset_mid_request_is_raised_and_never_resent(rr_server, fault, apply):
         else:
             assert error.__cause__ is None
             assert "peer closed" in str(error)
-        assert conn.socket is None, "a broken connection was kept"
+        assert not conn.connected, "a broken connection was kept"
         assert rr_server.applied(rid) == (1 if apply else 0)
 
         # The same member redials for the next request; the failed one is not re-sent.
@@ -261,7 +261,7 @@ def test_stalled_read_times_out_with_io_timeout(rr_server):
             request(conn, rid)
         assert isinstance(info.value, gocp.ConnectionBroken)
         assert isinstance(info.value, TimeoutError)
-        assert conn.socket is None
+        assert not conn.connected
         assert rr_server.applied(rid) == 1
 
         conn.settimeout(2.0)
@@ -288,11 +288,11 @@ def test_stalled_write_to_a_peer_that_never_reads():
         with pool:
             conn = pool.get(timeout=0)
             conn.sendall(b"hello")  # dials; fits in the buffers
-            assert conn.socket is not None
+            assert conn.connected
             conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             with within(0.3, at_least=0.25), pytest.raises(gocp.IOTimeout):
                 conn.sendall(b"x" * (4 << 20))
-            assert conn.socket is None
+            assert not conn.connected
             pool.put(conn)
             assert pool.stats().idle == 2
             listener.close()
@@ -496,7 +496,7 @@ def test_partial_writes_and_reads_of_a_mebibyte(echo_server):
     with gocp.new(echo_server.address, size=1, io_timeout=5) as pool:
         with pool.connection(timeout=0) as conn:
             echo_round_trip(conn)  # dials
-            assert conn.socket is not None
+            assert conn.connected
             conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
             conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
 
@@ -617,7 +617,7 @@ FORK_CHILD = """
             os.close(read_end)
             stats = pool.stats()
             out["start"] = [stats.idle, stats.in_use, stats.connected]
-            out["inherited_socket"] = [a.socket is None, b.socket is None]
+            out["inherited_socket"] = [not a.connected, not b.connected]
             c1, c2 = pool.get(timeout=0), a  # a: still lent to this (the forking) thread
             try:
                 pool.get(timeout=0)
@@ -735,7 +735,7 @@ def test_abort_wakes_a_holder_blocked_in_recv(rr_server):
         assert isinstance(error, gocp.ConnectionBroken)
         assert not isinstance(error, TimeoutError)
         assert "abort" in str(error)
-        assert conn.socket is None
+        assert not conn.connected
 
         assert request(conn, new_request_id()) == 1
         pool.put(conn)
@@ -787,7 +787,7 @@ def test_close_never_touches_lent_members():
                 assert waiter_done.wait(5.0)
                 assert isinstance(got["waiter"], gocp.PoolClosed)
                 assert not received.is_set()
-                assert conn.socket is not None
+                assert conn.connected
 
                 peer.sendall(b"after close")
                 assert received.wait(5.0)
@@ -797,7 +797,7 @@ def test_close_never_touches_lent_members():
                 assert peer.recv(64) == b"still mine"
 
                 pool.put(conn)
-                assert conn.socket is None
+                assert not conn.connected
                 assert peer.recv(64) == b"", "member not closed when put back to a closed pool"
         finally:
             for thread in threads:
@@ -965,7 +965,7 @@ def test_blackholed_peer_is_caught_by_io_timeout(rr_server, rr_proxy, direction,
         with within(0.3, at_least=0.25), pytest.raises(gocp.IOTimeout):
             request(conn, rid)
         assert rr_proxy.wait_for_event("drop").nbytes > 0
-        assert conn.socket is None
+        assert not conn.connected
         assert rr_server.applied(rid) == applied
         rr_proxy.heal()
         assert request(conn, new_request_id()) == 1
@@ -982,14 +982,14 @@ def test_stalled_write_through_the_proxy(rr_server, rr_proxy):
     with gocp.new(rr_proxy.address, size=2, io_timeout=0.3, **FAST_RETRY) as pool:
         conn = pool.get(timeout=0)
         assert request(conn, new_request_id()) == 1
-        assert conn.socket is not None
+        assert conn.connected
         conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         rr_proxy.stall("up")
         rid = new_request_id("big")
         line = f"{rid} ".encode() + b"x" * (16 << 20) + b"\n"
         with within(0.3, at_least=0.25), pytest.raises(gocp.IOTimeout):
             conn.sendall(line)
-        assert conn.socket is None
+        assert not conn.connected
         assert rr_server.applied(rid) == 0
         pool.put(conn)
         rr_proxy.heal()

@@ -135,7 +135,7 @@ def test_put_broken_undoes_the_exposure(echo_server):
     with gocp.new(echo_server.address, size=1, io_timeout=3) as pool:
         conn = pool.get()
         assert round_trip(conn) == b"ping"
-        assert conn.socket is not None
+        assert conn.connected
         pool.put(conn, broken=True)
         conn = pool.get()
         assert round_trip(conn) == b"ping"  # a new socket

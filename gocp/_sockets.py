@@ -1,0 +1,149 @@
+"""The connector of a socket pool: connect, configure, probe and close TCP sockets."""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._address import Address, format_address
+from ._config import Options
+from ._dial import connect
+
+if TYPE_CHECKING:
+    from ._core import Slot
+
+__all__ = ["SocketConnector"]
+
+Socket = socket.socket
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_ESTABLISHED = b"\x01"  # tcpi_state, the first byte of Linux's struct tcp_info
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_KEEPALIVE_OPTS = [
+    name for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT") if hasattr(socket, name)
+]
+_NO_LINGER = b"\x00" * 8  # struct linger {l_onoff = 0, l_linger = 0}
+
+
+def _stale_by_poll(sock: Socket) -> bool:
+    """True if the peer closed or reset ``sock`` (or it failed) while it sat idle,
+    where Linux's TCP_INFO is missing: poll without waiting (any readable event means
+    EOF, an error, or unsolicited bytes: all unsafe to send after)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    readable, _, errored = select.select([sock], [], [sock], 0)
+    return bool(readable or errored)
+
+
+def stale(sock: Socket) -> bool:
+    """Whether an idle socket is no longer usable: the peer closed or reset it (a server
+    restart) or it failed. On Linux this reads the TCP state (``getsockopt(TCP_INFO)``,
+    which keeps the interpreter lock, unlike ``poll``); elsewhere it polls without
+    waiting. It does not see unread bytes on Linux (see the README)."""
+    if _TCP_INFO is not None:
+        try:
+            return sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, 1) != _ESTABLISHED
+        except OSError:
+            return True
+    return _stale_by_poll(sock)
+
+
+class SocketConnector:
+    """Makes, configures, probes and closes the TCP sockets of one address.
+
+    Every socket gets ``TCP_NODELAY`` (``nodelay``), TCP keepalive
+    (``keepalive`` seconds of silence, then 3 probes ``keepalive // 3`` apart)
+    and ``io_timeout`` as an ordinary Python socket timeout. A ``check`` hook
+    (a protocol ping) receives the member (``PersistentConn``); without one, a
+    check is the stale probe.
+    """
+
+    __slots__ = (
+        "_hook",
+        "address",
+        "dial_timeout",
+        "io_timeout",
+        "keepalive",
+        "label",
+        "nodelay",
+        "probe_lease",
+    )
+
+    #: A lent member's inherited socket is dropped at fork: its next I/O redials.
+    release_lent = True
+    can_check = True
+
+    def __init__(
+        self, address: Address, options: Options, *, check: Callable[[Any], object] | None
+    ) -> None:
+        self.address = address
+        self.label = format_address(address)
+        self.dial_timeout = options.dial_timeout
+        self.io_timeout = options.io_timeout
+        self.nodelay = options.nodelay
+        self.keepalive = options.keepalive
+        self.probe_lease = options.dial_timeout
+        self._hook = check
+
+    def connect(self, deadline: float | None) -> Socket:
+        """A new socket, connected and configured, within ``deadline`` (``time.monotonic``)."""
+        assert deadline is not None
+        host, port = self.address
+        sock = connect(host, port, deadline)
+        try:
+            self.configure(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def configure(self, sock: Socket) -> None:
+        """Apply the pool's socket options and ``io_timeout`` to ``sock``."""
+        if self.nodelay:
+            sock.setsockopt(_IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.keepalive is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            idle = int(self.keepalive)
+            values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": max(1, idle // 3), "TCP_KEEPCNT": 3}
+            for name in _KEEPALIVE_OPTS:
+                sock.setsockopt(_IPPROTO_TCP, getattr(socket, name), values[name])
+        sock.settimeout(self.io_timeout)
+
+    def restore(self, sock: Socket) -> None:
+        """Undo what a holder may have set through ``conn.socket``: the options the pool
+        sets (``TCP_NODELAY``, keepalive, the timeout) and ``SO_LINGER`` (off)."""
+        if not self.nodelay:
+            sock.setsockopt(_IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        if self.keepalive is None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+        self.configure(sock)
+
+    stale = staticmethod(stale)
+
+    def check(self, slot: Slot) -> bool:
+        """The ``check`` hook on the member, or the stale probe on its idle socket."""
+        if self._hook is None:
+            return not stale(slot.conn)
+        try:
+            return self._hook(slot) is not False
+        finally:
+            slot._end_io()  # type: ignore[attr-defined]  # a PersistentConn: next I/O re-probes
+
+    def close(self, sock: Socket) -> None:
+        """Close a socket (never waits: no SO_LINGER is left set by the pool)."""
+        sock.close()
+
+    def release(self, sock: Socket) -> bool:
+        """After a fork: close the child's descriptor. The parent still holds the socket,
+        so no FIN or RST is sent. Returns False: nothing to keep."""
+        sock.close()
+        return False
+
+    def forget(self, slot: Slot) -> None:
+        """After a fork: a member's own view of its socket is gone too."""
+        slot._end_io()  # type: ignore[attr-defined]
