@@ -236,6 +236,7 @@ class PersistentConn(Slot):
             sock = None
         if sock is None:
             connector: Any = hub.connector
+            self._aborted = False  # an abort() was about the socket that is gone
             sock = hub.dial(self, time.monotonic() + connector.dial_timeout)
             if self._dirty & _TIMEOUT_CHANGED:
                 sock.settimeout(self._timeout)
@@ -249,16 +250,11 @@ class PersistentConn(Slot):
     def _end_io(self) -> None:
         """Forget this lend's view of the socket: the next operation probes it again."""
         self._io = None
-        self._aborted = False
 
     def _end_lend(self) -> bool:
-        """At put: undo what the lend changed. False if the socket can no longer be
-        trusted (the holder closed or broke what it took with ``conn.socket``)."""
-        self._io = None
-        self._aborted = False
+        """At put, when the lend changed something (``_dirty``): undo it. False if the
+        socket can no longer be trusted (the holder closed what it took as ``socket``)."""
         dirty, self._dirty = self._dirty, 0
-        if not dirty:
-            return True
         self._timeout = self._hub.connector.io_timeout  # type: ignore[attr-defined]
         sock = self.conn
         if sock is None:

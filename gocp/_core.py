@@ -39,6 +39,7 @@ __all__ = [
     "BUSY",
     "CHECK",
     "DIAL",
+    "DRAIN",
     "GONE",
     "IDLE",
     "LENT",
@@ -77,6 +78,7 @@ class Slot:
     """
 
     __slots__ = (
+        "base",
         "checked_at",
         "conn",
         "connected_at",
@@ -89,11 +91,10 @@ class Slot:
         "overflow",
         "pending",
         "reported",
-        "returned_at",
         "seq",
+        "slow_at",
         "stack",
         "state",
-        "uses",
     )
 
     def __init__(self, index: int, *, overflow: bool = False) -> None:
@@ -102,14 +103,14 @@ class Slot:
         self.state = IDLE
         self.conn: Any = None
         self.seq = 0  # lends so far: tells one lend from the next
-        self.uses = 0  # lends of the current connection
+        self.base = 0  # seq when the current connection was made (uses = seq - base)
         self.connected_at = -_INF
         self.expires_at = _INF  # end of the current connection's lifetime
-        self.checked_at = -_INF  # last time the connection was known good
-        self.idle_since = -_INF
-        self.returned_at: float | None = None  # last put back (stats: last_used_at)
-        self.lent_at = -_INF
+        self.checked_at = -_INF  # last time a check found the connection good
+        self.idle_since = -_INF  # last put back (stats: last_used_at)
+        self.lent_at = -_INF  # when lent (kept with leak_timeout only)
         self.due_at = _INF  # from then on a lend must review the slot (see PoolCore.lend)
+        self.slow_at = _INF  # from then on a give_back takes the slow path
         self.pending = False  # the lend that took it must call PoolCore.prepare
         self.reported = 0  # the seq of the lend last reported as a leak
         self.stack: Any = None  # where the current lend was taken (with leak_timeout)
@@ -128,6 +129,9 @@ class Waiter(Protocol):
 
 S = TypeVar("S", bound=Slot)
 W = TypeVar("W", bound=Waiter)
+
+#: ``give_back`` returns it when connections wait in ``doomed`` and no waiter was served.
+DRAIN: Any = object()
 
 
 class PoolCore(Generic[S, W]):
@@ -159,6 +163,13 @@ class PoolCore(Generic[S, W]):
         self.leak_timeout = options.leak_timeout or _INF
         self.min_idle = options.min_idle
         self.max_overflow = options.max_overflow
+        # A lend reviews a slot idle this long (with leak_timeout, every lend: its stack).
+        self.review_after = (
+            -_INF if self.leak_timeout < _INF else min(self.check_interval, self.idle_timeout)
+        )
+        #: Whether a lend's decision depends on the time; if not, ``lend`` ignores ``now``
+        #: (a slot's ``due_at`` is then only ever +inf or -inf) and shells may pass 0.0.
+        self.timed = self.review_after < _INF or self.max_lifetime < _INF
         self.backoff = Backoff(options.retry_min, options.retry_max, random, lease=probe_lease)
         # state
         self.idle: deque[S] = deque(self.members)
@@ -170,17 +181,16 @@ class PoolCore(Generic[S, W]):
         self.by_conn: dict[int, S] = {}  # id(connection) -> slot, for put(client)
         self.connected = 0
         self.busy_dials = 0  # background dials in flight
-        # counters
-        self.lends = self.waits = self.timeouts = 0
+        # counters (lends: the slots' seq, plus retired overflow slots')
+        self.retired_lends = self.waits = self.timeouts = 0
         self.dials = self.dial_failures = self.broken = self.stale = 0
         self.leaks = self.hook_failures = 0
         self.wait_time = 0.0
         self.closed_by = dict.fromkeys(
             ("idle", "lifetime", "check", "broken", "overflow", "fresh"), 0
         )
-        if dial_in_lend:
-            for slot in self.members:
-                slot.due_at = slot.expires_at = -_INF
+        for slot in self.members:
+            self._schedule(slot)
 
     # -- lending (hot paths: no call between taking a slot and recording where it went) --
 
@@ -200,25 +210,27 @@ class PoolCore(Generic[S, W]):
             del idle[0]
             slot.state = LENT
             slot.seq += 1
-            slot.uses += 1
-            slot.lent_at = now
             slot.pending = now >= slot.due_at
-            self.lends += 1
             return slot
         if self.closed:
             raise PoolClosed(f"pool {self.label} is closed")
         if len(self.extra) < self.max_overflow and not self.waiters:
             slot = self.make_overflow(len(self.members) + len(self.extra))
-            if self.dial_in_lend:
-                slot.due_at = slot.expires_at = -_INF
+            slot.slow_at = -_INF  # its give_back closes it (or hands it to a waiter)
+            slot.due_at = -_INF if self.dial_in_lend or self.review_after == -_INF else _INF
             slot.state = LENT
             self.extra[slot] = None
             slot.seq += 1
-            slot.lent_at = now
             slot.pending = now >= slot.due_at
-            self.lends += 1
             return slot
         return None
+
+    @property
+    def lends(self) -> int:
+        """Successful lends so far."""
+        return (
+            self.retired_lends + sum(s.seq for s in self.members) + sum(s.seq for s in self.extra)
+        )
 
     def enqueue(self, waiter: W, now: float) -> None:
         """Queue a caller that found nothing to lend; it is served after those before it."""
@@ -246,22 +258,20 @@ class PoolCore(Generic[S, W]):
     def give_back(self, slot: S, now: float) -> W | None:
         """Take back a lent slot: hand it to the first waiter (returned) or keep it idle.
 
-        Raises ``ValueError`` if the slot is not lent (put twice). A connection
-        past its lifetime, an overflow slot nobody waits for, or a slot of a
-        closed pool has its connection moved to ``doomed``: the shell closes it.
+        Returns ``DRAIN`` instead of ``None`` when connections wait in
+        ``doomed`` (the shell closes them): a connection past its lifetime, an
+        overflow connection nobody waits for, or one of a closed pool. Raises
+        ``ValueError`` if the slot is not lent (put twice).
         """
         if slot.state is not LENT:
             raise ValueError(f"{self.describe(slot)} is not lent (put twice?)")
-        slot.returned_at = slot.idle_since = slot.checked_at = now
-        if now >= slot.expires_at or slot.overflow or self.closed:
+        slot.idle_since = now
+        if now >= slot.slow_at:
             return self._give_back_slow(slot, now)
-        due = slot.expires_at
-        when = now + self.check_interval
-        if when < due:  # noqa: PLR1730 - not min(): no call here (see the module docstring)
-            due = when
-        when = now + self.idle_timeout
-        if when < due:  # noqa: PLR1730
-            due = when
+        due = now + self.review_after
+        expires = slot.expires_at
+        if expires < due:  # noqa: PLR1730 - not min(): no call here (see the module docstring)
+            due = expires
         slot.due_at = due
         waiters = self.waiters
         if waiters:
@@ -269,10 +279,7 @@ class PoolCore(Generic[S, W]):
             del waiters[0]
             waiter.slot = slot
             slot.seq += 1
-            slot.uses += 1
-            slot.lent_at = now
             slot.pending = now >= due
-            self.lends += 1
             self.wait_time += now - waiter.since
             return waiter
         slot.state = IDLE
@@ -280,29 +287,35 @@ class PoolCore(Generic[S, W]):
         return None
 
     def _give_back_slow(self, slot: S, now: float) -> W | None:
-        if slot.inherited:
-            self._release(slot)
-        elif now >= slot.expires_at:
-            self.doom(slot, "lifetime")
+        """give_back for a slot past its lifetime, an overflow slot, a slot of a closed
+        pool, one holding an inherited connection, or a client slot with no client."""
         if self.closed:
             self.doom(slot, None)
             if slot.overflow:
-                self.extra.pop(slot, None)
-                slot.state = GONE
+                self._retire(slot)
             else:
                 slot.state = IDLE  # not in ``idle``: a closed pool lends nothing
-            return None
+            return DRAIN  # type: ignore[no-any-return]
+        if slot.inherited:
+            self._release(slot)
+        elif not slot.overflow and now >= slot.expires_at:
+            self.doom(slot, "lifetime")
         self._schedule(slot)
         if self.waiters:
             return self._serve(slot, now)
         if slot.overflow:
             self.doom(slot, "overflow")
-            self.extra.pop(slot, None)  # then GONE: an interrupt between leaves it lent
-            slot.state = GONE
-            return None
-        slot.state = IDLE
-        self.idle.append(slot)
-        return None
+            self._retire(slot)
+        else:
+            slot.state = IDLE
+            self.idle.append(slot)
+        return DRAIN if self.doomed else None
+
+    def _retire(self, slot: S) -> None:
+        """An overflow slot leaves the pool (its connection already doomed)."""
+        self.extra.pop(slot, None)  # then GONE: an interrupt between leaves it lent
+        self.retired_lends += slot.seq
+        slot.state = GONE
 
     def _serve(self, slot: S, now: float) -> W:
         waiter = self.waiters[0]
@@ -310,23 +323,24 @@ class PoolCore(Generic[S, W]):
         waiter.slot = slot
         slot.state = LENT
         slot.seq += 1
-        slot.uses += 1
-        slot.lent_at = now
         slot.pending = now >= slot.due_at
-        self.lends += 1
         self.wait_time += now - waiter.since
         return waiter
 
     def _schedule(self, slot: S) -> None:
-        """Set ``due_at``: when a lend must next review the slot."""
+        """Set ``due_at`` (when a lend must review the slot) and ``slow_at`` (when its
+        give_back must take the slow path) from its state."""
+        if slot.overflow or self.closed or slot.inherited:
+            slot.slow_at = -_INF
+        elif slot.conn is None and self.dial_in_lend:
+            slot.slow_at = -_INF  # a client slot with no client: schedule it again on return
+        else:
+            slot.slow_at = slot.expires_at
         if slot.conn is None:
-            slot.due_at = slot.expires_at = -_INF if self.dial_in_lend else _INF
-            return
-        slot.due_at = min(
-            slot.expires_at,
-            slot.checked_at + self.check_interval,
-            slot.idle_since + self.idle_timeout,
-        )
+            slot.due_at = -_INF if self.dial_in_lend or self.review_after == -_INF else _INF
+        else:
+            since = max(slot.idle_since, slot.connected_at)
+            slot.due_at = min(slot.expires_at, since + self.review_after)
 
     # -- what a lent slot needs before use -----------------------------------------
 
@@ -336,17 +350,21 @@ class PoolCore(Generic[S, W]):
 
         A connection past its lifetime, idle longer than ``idle_timeout`` (while
         more than ``min_idle`` are connected) or to be replaced (``fresh``) is
-        moved to ``doomed`` first.
+        moved to ``doomed`` first. With ``leak_timeout`` it records when the
+        lend began.
         """
-        slot.pending = False
+        if slot.pending:
+            slot.pending = False
+            slot.lent_at = now
         if slot.conn is not None:
+            idle_since = max(slot.idle_since, slot.connected_at)
             if fresh:
                 self.doom(slot, "fresh")
-            elif now >= slot.expires_at:
+            elif now >= slot.expires_at and not slot.overflow:
                 self.doom(slot, "lifetime")
-            elif now >= slot.idle_since + self.idle_timeout and self.connected > self.min_idle:
+            elif now >= idle_since + self.idle_timeout and self.connected > self.min_idle:
                 self.doom(slot, "idle")
-            elif now >= slot.checked_at + self.check_interval:
+            elif now >= max(slot.checked_at, idle_since) + self.check_interval:
                 return CHECK
         if slot.conn is None and self.dial_in_lend:
             return DIAL
@@ -372,13 +390,12 @@ class PoolCore(Generic[S, W]):
         key = id(conn)
         slot.conn = None  # from here to the append, no call: an interrupt cannot split them
         self.connected -= 1
-        # A client pool dials a slot with no connection in get: its next lend must review
-        # it, and its give_back takes the slow path (see give_back).
-        slot.due_at = slot.expires_at = -_INF if self.dial_in_lend else _INF
+        slot.expires_at = _INF
         if reason is not None:
             self.closed_by[reason] += 1
         self.by_conn.pop(key, None)
         self.doomed.append(conn)
+        self._schedule(slot)
 
     def _release(self, slot: S) -> None:
         """Drop an inherited connection without I/O (keep it referenced: no ``__del__``)."""
@@ -388,9 +405,10 @@ class PoolCore(Generic[S, W]):
             return
         slot.conn = None
         self.connected -= 1
-        slot.due_at = slot.expires_at = -_INF if self.dial_in_lend else _INF
+        slot.expires_at = _INF
         self.by_conn.pop(id(conn), None)
         self.released.append(conn)
+        self._schedule(slot)
 
     def broke(self, slot: S) -> None:
         """The holder's I/O failed, or it put the slot back broken: doom its connection."""
@@ -410,12 +428,11 @@ class PoolCore(Generic[S, W]):
         self.connected += 1
         self.by_conn[id(conn)] = slot
         slot.connected_at = slot.checked_at = now
-        if slot.state is BUSY:
-            slot.idle_since = now
-        slot.uses = 1 if slot.state is LENT else 0
+        slot.base = slot.seq - (1 if slot.state is LENT else 0)
         # Each connection's lifetime is cut by a random 0-10%, so those made together
         # do not all expire together.
         slot.expires_at = now + self.max_lifetime * (1.0 - 0.1 * self.random())
+        self._schedule(slot)
         if self.closed and slot.state is not LENT:
             self.doom(slot, None)
 
@@ -495,23 +512,21 @@ class PoolCore(Generic[S, W]):
         for slot in list(self.idle):
             if slot.conn is None:
                 continue
+            idle_since = max(slot.idle_since, slot.connected_at)
+            checked = max(slot.checked_at, idle_since) + self.check_interval
             if now >= slot.expires_at:
                 self.doom(slot, "lifetime")
-            elif now >= slot.idle_since + self.idle_timeout and self.connected > self.min_idle:
+            elif now >= idle_since + self.idle_timeout and self.connected > self.min_idle:
                 self.doom(slot, "idle")
-            elif now >= slot.checked_at + self.check_interval:
+            elif now >= checked:
                 self._take(slot)
                 tasks.append((CHECK, slot))
                 continue
             if slot.conn is not None:
-                due = min(
-                    due,
-                    slot.expires_at,
-                    slot.checked_at + self.check_interval,
-                    slot.idle_since + self.idle_timeout if self.connected > self.min_idle else _INF,
-                )
-            else:
-                self._schedule(slot)
+                expiry = idle_since + self.idle_timeout
+                if self.connected <= self.min_idle:
+                    expiry = _INF
+                due = min(due, slot.expires_at, checked, expiry)
         missing = self.min_idle - self.connected - self.busy_dials
         if missing > 0:
             wait = self.backoff.wait(now)
@@ -562,6 +577,8 @@ class PoolCore(Generic[S, W]):
         Running it again after an interruption finishes the job: waiters stay
         queued until the shell sets ``closed`` on each (and wakes it)."""
         self.closed = True
+        for slot in (*self.members, *self.extra):
+            slot.slow_at = -_INF  # lent ones: closed when put back
         for slot in self.idle:
             self.doom(slot, None)
         self.idle.clear()
@@ -588,13 +605,15 @@ class PoolCore(Generic[S, W]):
             if slot.state is LENT and not release_lent:
                 if slot.conn is not None:
                     slot.inherited = True
-                    slot.expires_at = -_INF  # its give_back takes the slow path
+                    self._schedule(slot)  # its give_back takes the slow path
             else:
                 self._release(slot)
-                if slot.state is IDLE:
-                    self._schedule(slot)
 
     # -- observing -----------------------------------------------------------------------
+
+    def uses(self, slot: S) -> int:
+        """Lends of the slot's current connection."""
+        return slot.seq - slot.base if slot.conn is not None else 0
 
     def describe(self, slot: S) -> str:
         """A short name for a slot in errors: pool label and index."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._core import CHECK, DIAL, LENT, PoolCore, Slot
+from ._core import CHECK, DIAL, DRAIN, LENT, PoolCore, Slot
 from ._errors import DialError, PoolClosed
 from ._log import EventLog
 
@@ -203,8 +203,8 @@ class Hub:
         return slot.state is LENT and (seq is None or slot.seq == seq)
 
     def wake(self, waiter: Waiter | None) -> None:
-        """Wake a waiter the core served. Call under the lock."""
-        if waiter is not None:
+        """Wake a waiter the core served (``DRAIN`` or ``None``: nobody). Call under the lock."""
+        if waiter is not None and waiter is not DRAIN:
             waiter.lock.release()
 
     # -- the background pass --------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from ._address import AddressLike, format_address, parse_address
 from ._config import Options, check_bool, check_size, check_timeout
 from ._conn import PersistentConn
-from ._core import CHECK, DIAL, LENT, PoolCore, Slot
+from ._core import CHECK, DIAL, DRAIN, LENT, PoolCore, Slot
 from ._errors import DialError, PoolClosed, PoolTimeout
 from ._hooks import HookConnector
 from ._hub import Connector, Hub, Waiter, format_stack
@@ -205,9 +205,6 @@ class Pool(Generic[T]):
         """
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
-        if fresh is not False or connect is not False:
-            check_bool("fresh", fresh)
-            check_bool("connect", connect)
         lock = self._lock
         core = self._core
         slot: Any = None
@@ -215,7 +212,8 @@ class Pool(Generic[T]):
         try:
             try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
                 lock.acquire()
-                slot = core.lend(self._clock())
+                # An untimed core decides a lend without the time (see PoolCore.timed).
+                slot = core.lend(self._clock() if core.timed else 0.0)
                 if slot is None:
                     if timeout == 0:
                         core.timeouts += 1
@@ -240,8 +238,6 @@ class Pool(Generic[T]):
                     timeout = max(0.0, timeout - (_monotonic() - started))
             if slot.pending or fresh or connect:
                 self._prepare(slot, timeout, fresh=fresh, connect=connect)
-            if self._leaks:
-                slot.stack = traceback.extract_stack(sys._getframe(1), limit=12)
             return slot if self._sockets else slot.conn  # type: ignore[no-any-return]
         except BaseException:
             # Interrupted (a signal handler raised), or a dial or check failed: leave the
@@ -273,7 +269,11 @@ class Pool(Generic[T]):
 
     def _prepare(self, slot: Slot, timeout: float | None, *, fresh: bool, connect: bool) -> None:
         """A lent slot's review: close what expired, check it, dial it (outside the lock)."""
+        check_bool("fresh", fresh)
+        check_bool("connect", connect)
         hub, core = self._hub, self._core
+        if self._leaks:  # where the caller of get took it (get -> _prepare -> here)
+            slot.stack = traceback.extract_stack(sys._getframe(2), limit=12)
         with self._lock:
             action = core.prepare(slot, self._clock(), fresh=fresh)
         hub.drain()
@@ -333,15 +333,21 @@ class Pool(Generic[T]):
         With ``broken=True`` its connection is closed and it redials before
         its next use: do this when the stream is in a state you cannot trust.
         A member of a closed pool is closed here. Raises ``TypeError`` for
-        something that is not a member, ``ValueError`` for another pool's
-        member or one that is not lent (put twice); the pool is unchanged.
+        something that is not a member (or a ``broken`` that is not a bool),
+        ``ValueError`` for another pool's member or one that is not lent (put
+        twice); the pool is unchanged.
         """
+        if broken is not False:
+            check_bool("broken", broken)
         if self._sockets:
             if conn.__class__ is not PersistentConn:
                 raise TypeError(f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}")
             slot: Any = conn
             if slot._hub is not self._hub:
                 raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
+            slot._io = None  # the next lend's first operation probes the socket again
+            if slot._dirty and not slot._end_lend():
+                broken = True
         else:
             slot = self._core.by_conn.get(id(conn))
             if slot is None or slot.conn is not conn:
@@ -349,15 +355,10 @@ class Pool(Generic[T]):
                     f"conn: {type(conn).__name__} object at {id(conn):#x} was not lent by "
                     f"{self!r} (or was put back already)"
                 )
-        if broken is not False:
-            check_bool("broken", broken)
         seq = slot.seq
+        lock = self._lock
+        waiter = None
         try:
-            if slot.state is not LENT:
-                raise ValueError(f"conn: {self._core.describe(slot)} is not lent (put twice?)")
-            if self._sockets and (slot._io is not None or slot._dirty) and not slot._end_lend():
-                broken = True
-            lock = self._lock
             if broken:
                 with lock:
                     if slot.state is LENT and slot.seq == seq:
@@ -366,18 +367,18 @@ class Pool(Generic[T]):
             try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
                 lock.acquire()
                 waiter = self._core.give_back(slot, self._clock())
-                if waiter is not None:
+                if waiter is not None and waiter is not DRAIN:
                     waiter.lock.release()
             finally:
                 try:
                     lock.release()
                 except RuntimeError:  # interrupted while waiting for it: never held
                     pass
-            if self._core.doomed:
+            if waiter is not None:
                 self._hub.drain()
         except BaseException:
             # Interrupted: finish the return (only if this lend is still the slot's).
-            with self._lock:
+            with lock:
                 if slot.state is LENT and slot.seq == seq:
                     if broken:
                         self._core.broke(slot)
@@ -485,8 +486,8 @@ class Pool(Generic[T]):
                         lent=slot.state is LENT,
                         connected=slot.conn is not None,
                         connected_at=when(slot.connected_at) if slot.conn is not None else None,
-                        last_used_at=when(slot.returned_at),
-                        uses=slot.uses if slot.conn is not None else 0,
+                        last_used_at=when(slot.idle_since),
+                        uses=core.uses(slot),
                     )
                 )
             lent = sum(1 for slot in core.members if slot.state is LENT)
@@ -603,7 +604,7 @@ def pool(
     if close is not None and not callable(close):
         raise TypeError(f"close: expected a callable or None, got {close!r}")
     opts = Options.build(options, sockets=False, check=check is not None)
-    label = opts.name or getattr(dial, "__qualname__", None) or repr(dial)
+    label = opts.name or getattr(dial, "__qualname__", None) or type(dial).__qualname__
     connector = HookConnector(
         dial, check=check, close=close, label=label, probe_lease=opts.retry_max
     )

@@ -22,7 +22,7 @@ class Worker:
     it after its current task, without waiting for it.
     """
 
-    __slots__ = ("_cap", "_hub", "_stopped", "_wake", "thread")
+    __slots__ = ("__weakref__", "_cap", "_hub", "_stopped", "_wake", "thread")
 
     def __init__(self, hub: Hub, *, cap: float, name: str) -> None:
         self._hub = hub
