@@ -229,8 +229,8 @@ def test_broken_on_types_and_predicate():
             raise KeyError("an application error: the client is fine")
         assert client.closed == 0
         with pytest.raises(ConnectionResetError), pool.connection() as same:
-            assert same is client
-            raise ConnectionResetError
+            raise ConnectionResetError(same)
+        assert same is client
         assert client.closed == 1
     with gocp.pool(dial, size=1, broken_on=lambda exc: "fatal" in str(exc)) as pool:
         with pytest.raises(RuntimeError), pool.connection() as client:
