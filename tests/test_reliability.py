@@ -376,7 +376,7 @@ HALF_OPEN_CHILD = """
             conn = pool.get(timeout=0)
             out["c_warm"] = request(conn, "ho-6")
             drop(port, True)
-            watchdog = threading.Timer(6.0, conn.abort)
+            watchdog = threading.Timer(6.0, conn.aborter())
             watchdog.start()
             started = time.monotonic()
             try:
@@ -459,10 +459,13 @@ def test_half_open_peer_in_a_private_network_namespace():
 
 
 @pytest.mark.slow
-def test_half_open_peer_with_a_request_in_flight_is_caught_by_keepalive():
-    """With ``io_timeout=None`` and ``keepalive=1`` a user expects a vanished peer to be
-    detected within about keepalive + 3 probes, also while a request is unanswered. In the
-    child a watchdog aborts the call after 6 s so the run stays bounded either way."""
+def test_half_open_peer_with_a_request_in_flight_is_bounded_by_io_timeout_not_keepalive():
+    """With ``io_timeout=None`` nothing bounds a request whose bytes the vanished peer
+    never acknowledged: keepalive probes only an idle (fully acknowledged) connection,
+    and gocp sets no TCP_USER_TIMEOUT, which would also end a live peer's zero window
+    (see test_timeouts). A watchdog (``conn.aborter()``) ends the wait after 6 s, past
+    the keepalive total of 4 s: the error says "aborted", not ETIMEDOUT. The request is
+    never applied twice."""
     reason = _can_unshare()
     if reason is not None:
         pytest.skip(reason)
@@ -470,8 +473,8 @@ def test_half_open_peer_with_a_request_in_flight_is_caught_by_keepalive():
     assert result["c_warm"] == 1
     assert result["c_after"] == 1
     assert result["applied"].get("ho-7", 0) <= 1
-    assert result["c_cause_errno"] == 110, result.get("c_message")
-    assert result["c_elapsed"] <= 4.0 + 2 * MARGIN
+    assert "aborted" in result["c_message"], result["c_message"]
+    assert 6.0 <= result["c_elapsed"] <= 6.0 + 2 * MARGIN
 
 
 @pytest.mark.slow

@@ -262,3 +262,50 @@ def test_tiny_timeout_still_bounds(rr_server: RequestReplyServer):
         conn.sendall(b"req-1 x\n")  # loopback has room: the send itself never waits
         with within(0.0), pytest.raises(gocp.IOTimeout):
             conn.recv(64)
+
+
+@pytest.mark.slow
+def test_io_timeout_none_waits_for_a_live_peer_that_stops_reading():
+    """``io_timeout=None`` is a blocking socket's "wait forever": a live peer that stops
+    reading for longer than the keepalive total (4 s with ``keepalive=1``) does not end
+    the connection (a TCP_USER_TIMEOUT would, through zero-window probes); once it reads
+    again, the send completes."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    payload = bytes(4 << 20)
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with one_member(listener.getsockname(), io_timeout=None, keepalive=1) as (_pool, conn):
+            conn.sendall(b"x")  # dials
+            peer, _ = listener.accept()
+            with peer:
+                assert peer.recv(1) == b"x"
+                conn.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                done = threading.Event()
+                errors: list[BaseException] = []
+
+                def send() -> None:
+                    try:
+                        conn.sendall(payload)
+                    except BaseException as exc:
+                        errors.append(exc)
+                    finally:
+                        done.set()
+
+                sender = threading.Thread(target=send)
+                sender.start()
+                try:
+                    assert not done.wait(6.0), errors  # still waiting past the keepalive total
+                    peer.settimeout(10)
+                    received = 0
+                    while received < len(payload):
+                        chunk = peer.recv(1 << 20)
+                        assert chunk
+                        received += len(chunk)
+                    assert done.wait(10)
+                finally:
+                    sender.join(15)
+                assert errors == []
+    finally:
+        listener.close()
