@@ -229,7 +229,7 @@ class PersistentConn(Slot):
             raise ValueError(f"{self!r} is not lent: get it from the pool before using it")
         hub = self._hub
         sock: Socket | None = self.conn
-        if sock is not None and hub.connector.stale(sock):  # type: ignore[attr-defined]
+        if sock is not None and hub.connector.stale(sock):
             # Nothing of this lend was sent: a socket the peer closed or reset while
             # idle (a server restart) is replaced. Safe.
             hub.stale(self)

@@ -181,6 +181,7 @@ class PoolCore(Generic[S, W]):
         self.by_conn: dict[int, S] = {}  # id(connection) -> slot, for put(client)
         self.connected = 0
         self.busy_dials = 0  # background dials in flight
+        self.checking: dict[S, None] = {}  # slots whose check runs now
         # counters (lends: the slots' seq, plus retired overflow slots')
         self.retired_lends = self.waits = self.timeouts = 0
         self.dials = self.dial_failures = self.broken = self.stale = 0
@@ -298,7 +299,7 @@ class PoolCore(Generic[S, W]):
             return DRAIN  # type: ignore[no-any-return]
         if slot.inherited:
             self._release(slot)
-        elif not slot.overflow and now >= slot.expires_at:
+        elif now >= slot.expires_at:
             self.doom(slot, "lifetime")
         self._schedule(slot)
         if self.waiters:
@@ -360,7 +361,7 @@ class PoolCore(Generic[S, W]):
             idle_since = max(slot.idle_since, slot.connected_at)
             if fresh:
                 self.doom(slot, "fresh")
-            elif now >= slot.expires_at and not slot.overflow:
+            elif now >= slot.expires_at:
                 self.doom(slot, "lifetime")
             elif now >= idle_since + self.idle_timeout and self.connected > self.min_idle:
                 self.doom(slot, "idle")
@@ -370,8 +371,13 @@ class PoolCore(Generic[S, W]):
             return DIAL
         return None
 
+    def check_begins(self, slot: S) -> None:
+        """A check of ``slot`` starts (I/O failing during it counts as the check failing)."""
+        self.checking[slot] = None
+
     def checked(self, slot: S, now: float, ok: bool, *, hook_failed: bool = False) -> None:
         """Record a check's outcome: a failed one dooms the connection (``closed_check``)."""
+        self.checking.pop(slot, None)
         if hook_failed:
             self.hook_failures += 1
         if ok:
@@ -411,10 +417,15 @@ class PoolCore(Generic[S, W]):
         self._schedule(slot)
 
     def broke(self, slot: S) -> None:
-        """The holder's I/O failed, or it put the slot back broken: doom its connection."""
-        if slot.conn is not None:
-            self.broken += 1
-            self.doom(slot, "broken")
+        """The holder's I/O failed, or it put the slot back broken: doom its connection.
+        I/O that fails during a check (``checking``) is that check failing."""
+        if slot.conn is None:
+            return
+        if slot in self.checking:
+            self.doom(slot, "check")
+            return
+        self.broken += 1
+        self.doom(slot, "broken")
 
     def found_stale(self, slot: S) -> None:
         """The connection was closed by the peer while idle: doom it (nothing was sent)."""
@@ -595,6 +606,7 @@ class PoolCore(Generic[S, W]):
         is gone."""
         self.waiters.clear()
         self.busy_dials = 0
+        self.checking.clear()
         self.backoff.abandoned()
         self.doomed.clear()  # the parent closes those
         for slot in (*self.members, *self.extra):

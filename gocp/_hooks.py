@@ -74,3 +74,10 @@ class HookConnector:
 
     def forget(self, slot: Slot) -> None:
         """After a fork: nothing of a client slot's own to reset."""
+
+    def interrupt(self, client: Any) -> None:
+        """A check cannot be cut short from outside a hook: nothing to do."""
+
+    def stale(self, client: Any) -> bool:
+        """Whether a client is dead, without I/O: unknown (its ``check`` tells)."""
+        return False

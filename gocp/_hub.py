@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._core import CHECK, DIAL, DRAIN, LENT, PoolCore, Slot
-from ._errors import DialError, PoolClosed
+from ._core import BUSY, CHECK, DIAL, DRAIN, IDLE, LENT, PoolCore, Slot
+from ._errors import ConnectionBroken, DialError, PoolClosed
 from ._log import EventLog
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ class Connector(Protocol):
     def close(self, conn: Any) -> None: ...
     def release(self, conn: Any) -> bool: ...
     def forget(self, slot: Slot) -> None: ...
+    def interrupt(self, conn: Any) -> None: ...
+    def stale(self, conn: Any) -> bool: ...
 
 
 class Waiter:
@@ -151,14 +153,17 @@ class Hub:
 
     def check(self, slot: Slot) -> bool:
         """Run the check on a lent or busy slot's connection; a failed one is closed."""
+        with self.lock:
+            self.core.check_begins(slot)
+        ok, failed = False, False
         try:
             ok = self.connector.check(slot)
-            failed = False
         except Exception as exc:  # noqa: BLE001 - a user hook: any failure means dead
-            ok, failed = False, True
+            failed = not isinstance(exc, ConnectionBroken)  # the socket's own I/O failed
             self.report("warning", "check_failed", member=slot.index, error=_describe(exc))
-        with self.lock:
-            self.core.checked(slot, self.clock(), ok, hook_failed=failed)
+        finally:
+            with self.lock:
+                self.core.checked(slot, self.clock(), ok, hook_failed=failed)
         if not ok:
             self.drain()
         return ok
@@ -212,6 +217,7 @@ class Hub:
     def maintain(self) -> float:
         """One background pass (checks, expiry, min_idle, leaks); seconds until the next."""
         core, lock = self.core, self.lock
+        self._sweep()
         with lock:
             now = self.clock()
             tasks, due = core.maintain(now)
@@ -240,6 +246,21 @@ class Hub:
                 )
         return due - now
 
+    def _sweep(self) -> None:
+        """Find idle connections the peer closed (sockets: the stale probe, no I/O), so
+        that ``connected`` and ``min_idle`` see the truth without waiting for a lend."""
+        idle = [(slot, slot.conn) for slot in list(self.core.idle)]
+        dead = [
+            (slot, conn) for slot, conn in idle if conn is not None and self.connector.stale(conn)
+        ]
+        if not dead:
+            return
+        with self.lock:
+            for slot, conn in dead:
+                if slot.state is IDLE and slot.conn is conn:  # still idle, still the same
+                    self.core.found_stale(slot)
+        self.drain()
+
     def _restore(self, slot: Slot, *, dialled: bool) -> None:
         with self.lock:
             self.wake(self.core.restore(slot, self.clock(), dialled=dialled))
@@ -258,6 +279,9 @@ class Hub:
                 waiter.closed = True  # then the release: no call in between
                 waiter.lock.release()
             self.ready.notify_all()
+            for slot in self.core.checking:  # a check blocked on a dead peer ends now
+                if slot.state is BUSY and slot.conn is not None:
+                    self.connector.interrupt(slot.conn)
         self.closing.set()
         if self.worker is not None:
             self.worker.stop()

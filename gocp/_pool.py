@@ -272,8 +272,8 @@ class Pool(Generic[T]):
         check_bool("fresh", fresh)
         check_bool("connect", connect)
         hub, core = self._hub, self._core
-        if self._leaks:  # where the caller of get took it (get -> _prepare -> here)
-            slot.stack = traceback.extract_stack(sys._getframe(2), limit=12)
+        if self._leaks:
+            slot.stack = _caller_stack()
         with self._lock:
             action = core.prepare(slot, self._clock(), fresh=fresh)
         hub.drain()
@@ -531,6 +531,17 @@ class Pool(Generic[T]):
             f"in_use={lent + len(core.extra)} waiting={len(core.waiters)} "
             f"connected={core.connected}{state}>"
         )
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller_stack() -> traceback.StackSummary:
+    """The stack of the code that called into gocp (its innermost frame last)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+    return traceback.extract_stack(frame, limit=12)
 
 
 _live_hubs: weakref.WeakSet[Hub] = weakref.WeakSet()

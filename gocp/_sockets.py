@@ -144,6 +144,13 @@ class SocketConnector:
         sock.close()
         return False
 
+    def interrupt(self, sock: Socket) -> None:
+        """Wake a thread blocked on ``sock`` (a background check): shut it down, no wait."""
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def forget(self, slot: Slot) -> None:
         """After a fork: a member's own view of its socket is gone too."""
         slot._end_io()  # type: ignore[attr-defined]

@@ -914,8 +914,8 @@ def test_get_timeouts_racing_with_returns_lose_no_slot(echo_server):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="gocp has no leak detection yet (DESIGN.md: lifecycle policies): a member "
-    "dropped by its holder stays lent for ever and its slot is lost",
+    reason="leak_timeout reports a member its holder dropped but does not reclaim it "
+    "(reclaiming could hand one connection to two holders): its slot stays lent",
 )
 def test_leaked_member_is_reclaimed(echo_server):
     import gc
