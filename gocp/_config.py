@@ -177,7 +177,8 @@ class Options:
       ``idle_timeout``, ``max_lifetime``, ``min_idle`` (0), ``max_overflow``
       (0), ``leak_timeout``; see the README's "Lifecycle" section.
     - ``clock`` (``time.monotonic``): the clock of every policy and backoff
-      decision; tests pass ``gocp.testing.FakeClock()``.
+      decision; tests pass ``gocp.testing.FakeClock()`` (the wall times in
+      ``stats().members`` then move with it).
     """
 
     __module__ = "gocp"

@@ -229,6 +229,12 @@ class PersistentConn(Slot):
             raise ValueError(f"{self!r} is not lent: get it from the pool before using it")
         hub = self._hub
         sock: Socket | None = self.conn
+        if self.state is BUSY and (sock is None or hub.connector.stale(sock)):
+            # A background check: a dead connection fails it; redialling is not its job.
+            raise ConnectionBroken(
+                f"{hub.connector.label}: the checked connection is gone",
+                address=hub.connector.label,
+            )
         if sock is not None and hub.connector.stale(sock):
             # Nothing of this lend was sent: a socket the peer closed or reset while
             # idle (a server restart) is replaced. Safe.

@@ -639,6 +639,9 @@ class PoolCore(Generic[S, W]):
             f"no member of {self.label} became free within {timeout}s: "
             f"size {len(self.members)}, {lent} lent, {len(self.waiters)} waiting"
         )
+        busy = sum(1 for slot in self.members if slot.state is BUSY)
+        if busy:
+            text += f", {busy} being checked or dialled by the pool"
         if self.max_overflow:
             text += f", overflow {len(self.extra)} of {self.max_overflow}"
         if self.leak_timeout < _INF and lent:

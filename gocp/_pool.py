@@ -477,14 +477,14 @@ class Pool(Generic[T]):
             members = []
             for slot in core.members:
                 live = slot.conn is not None
-                if live and self._sockets and slot.state is not LENT:
-                    live = not connector.stale(slot.conn)
+                if live and slot.state is not LENT:
+                    live = not connector.stale(slot.conn)  # an idle socket the peer closed
                 connected += live
                 members.append(
                     MemberStats(
                         index=slot.index,
                         lent=slot.state is LENT,
-                        connected=slot.conn is not None,
+                        connected=live,
                         connected_at=when(slot.connected_at) if slot.conn is not None else None,
                         last_used_at=when(slot.idle_since),
                         uses=core.uses(slot),
@@ -615,6 +615,8 @@ def pool(
     if close is not None and not callable(close):
         raise TypeError(f"close: expected a callable or None, got {close!r}")
     opts = Options.build(options, sockets=False, check=check is not None)
+    if check is None and opts.check_interval is not None:
+        raise ValueError("check_interval: needs a check hook (check=...) in a pool of clients")
     label = opts.name or getattr(dial, "__qualname__", None) or type(dial).__qualname__
     connector = HookConnector(
         dial, check=check, close=close, label=label, probe_lease=opts.retry_max

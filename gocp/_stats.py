@@ -11,7 +11,8 @@ __all__ = ["MemberStats", "PoolStats"]
 class MemberStats:
     """One member of a pool at the time of the snapshot.
 
-    ``index`` (0..size-1), ``lent``, ``connected`` (holds a connection),
+    ``index`` (0..size-1), ``lent``, ``connected`` (holds a connection; an
+    idle socket the peer closed does not count),
     ``connected_at`` and ``last_used_at`` (``time.time()`` seconds, or
     ``None``: never connected, never put back), ``uses`` (lends of its
     current connection).

@@ -363,3 +363,8 @@ def test_the_pool_is_generic_over_the_client_type():
     pool: gocp.Pool[Client] = gocp.pool(Client, size=1)
     with pool, pool.connection() as client:
         assert isinstance(client, Client)
+
+
+def test_check_interval_without_a_check_hook_is_refused():
+    with pytest.raises(ValueError, match="check_interval: needs a check hook"):
+        gocp.pool(Dialer(), check_interval=5)

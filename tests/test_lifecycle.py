@@ -21,8 +21,6 @@ clocks:
 Tests that need real time (a check catching a blackholed peer, close during
 a blocked check, dial backoff against a refused port) use durations of
 tenths of a second and bounded waits.
-
-Defects found are ``xfail(strict=True)`` tests whose reason starts "defect:".
 """
 
 from __future__ import annotations
@@ -554,9 +552,10 @@ def test_socket_check_without_hook_drops_a_peer_closed_socket_in_the_background(
         echo_server.kill_connections()
         clock.advance(10.5)
         # Dropped with no get: by the check (closed_check) or the background stale probe.
-        assert wait_until(lambda: not pool.stats().members[0].connected, timeout=BOUND)
-        stats = pool.stats()
-        assert stats.closed_check + stats.stale == 1, stats
+        assert wait_until(
+            lambda: pool.stats().closed_check + pool.stats().stale == 1, timeout=BOUND
+        )
+        assert not pool.stats().members[0].connected
         assert_full_pool(pool, round_trip)
 
 
@@ -815,12 +814,6 @@ def test_an_overflow_client_put_back_goes_to_a_waiter() -> None:
         assert (stats.overflow, stats.closed_overflow, stats.in_use) == (0, 1, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: an overflow connection past max_lifetime is handed to a waiter as it is "
-    "(gocp/_core.py _give_back_slow and prepare skip the lifetime of overflow slots), so "
-    "under sustained load it is never replaced",
-)
 def test_an_overflow_client_past_max_lifetime_is_not_handed_to_a_waiter() -> None:
     clock = SilentClock()
     hooks = Hooks(clock)
@@ -836,11 +829,13 @@ def test_an_overflow_client_past_max_lifetime_is_not_handed_to_a_waiter() -> Non
         finally:
             taker.join(BOUND)
         (handed,) = got
-        pool.put(handed)
-        pool.put(member)
-        assert handed is not extra
+        assert handed is not extra  # the waiter got a new connection
         assert extra.closed
         assert pool.stats().closed_lifetime == 1
+        pool.put(handed)  # an overflow connection nobody waits for: closed
+        pool.put(member)  # past its lifetime too: replaced
+        stats = pool.stats()
+        assert (stats.closed_lifetime, stats.closed_overflow, stats.overflow) == (2, 1, 0)
 
 
 def test_overflow_sockets(echo_server: EchoServer) -> None:
