@@ -445,6 +445,27 @@ def _callee(frame: types.FrameType, ins: _Instr) -> tuple[object, object | None]
     return func, None
 
 
+_PLAIN = frozenset({bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset})
+
+
+def _taken(frame: types.FrameType, ins: _Instr) -> bool:
+    """Whether the backward jump ``ins`` is about to be taken (False if unknown).
+
+    The condition is on the stack; its truth is taken only from plain values, whose
+    ``bool()`` runs no Python code.
+    """
+    if ins.opname == "JUMP_BACKWARD":
+        return True
+    cond = _Stack(frame).peek(1)
+    if ins.opname.endswith("_IF_NONE"):
+        return cond is None
+    if ins.opname.endswith("_IF_NOT_NONE"):
+        return cond is not None
+    if cond is not None and type(cond) not in _PLAIN:
+        return False  # run_interrupted raises at the target instead (Point.exact is false)
+    return bool(cond) is ins.opname.endswith("_IF_TRUE")
+
+
 def _describe(obj: object) -> str:
     named = (
         types.FunctionType,
@@ -516,9 +537,9 @@ def _check_layout() -> None:
 _set_async = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
     ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
 )
-_clear_async = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
-    ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
-)
+# Never "clear" it with NULL: 3.11 then signals the eval breaker with nothing to deliver, and
+# the flag stays set (every check then takes the slow path, and a traced function's entry
+# check loops forever). An armed exception is always raised: the next check raises it.
 
 
 def _subscript_caller(func: Callable[[object], object]) -> dict[object, object]:
@@ -580,7 +601,6 @@ class _Session:
         self.error: str | None = None
         tid = ctypes.c_ulong(threading.get_ident())
         self.arm_map = _subscript_caller(functools.partial(_set_async, tid))
-        self.disarm_map = _subscript_caller(functools.partial(_clear_async, tid))
 
     # -- running -----------------------------------------------------------------------------
 
@@ -593,7 +613,6 @@ class _Session:
         try:
             run()
         finally:
-            self.disarm_map[None]  # a subscript: nothing checks before it (see _set_async)
             self.active = False
             sys.settrace(previous)
             self.home = None
@@ -684,8 +703,10 @@ class _Session:
             self.calling(tracer, frame, ins, index, sig)  # may arm: nothing after it
         elif ins.opname in _BACKWARD:
             tracer.jump = ins
-            if ins.opname == "JUMP_BACKWARD" and self.target == self.count:
-                self.arm_at(frame, ins, None)  # its check comes right after: always exact
+            # An exact raise needs the check's own handler: arm it when the jump will be taken.
+            aim = self.target == self.count and (ins.risky or ins.opname == "JUMP_BACKWARD")
+            if aim and _taken(frame, ins):
+                self.arm_at(frame, ins, None)
 
     def calling(
         self, tracer: _FrameTracer, frame: types.FrameType, ins: _Instr, index: int, sig: Sig
@@ -725,11 +746,10 @@ class _Session:
         assert expect is not None
         self.active = False
         sys.settrace(None)
-        value = arg[1] if isinstance(arg, tuple) and len(arg) == 3 else None
+        value, tb = (arg[1], arg[2]) if isinstance(arg, tuple) and len(arg) == 3 else (None, None)
         if not isinstance(value, self.exc):
             self.fail(f"expected the armed {self.exc.__name__}, got {value!r}")
             return
-        tb = value.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         point = None if tb is None else expect(tb.tb_frame, tb.tb_lasti)
