@@ -84,9 +84,6 @@ def _script(server: EchoServer, seconds: float) -> list[tuple[float, str, Callab
     def back() -> None:
         server.start()
 
-    def reset() -> None:
-        server.kill_connections(reset=True)
-
     return [
         (
             seconds * 0.15,

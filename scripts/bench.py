@@ -87,7 +87,6 @@ from itertools import cycle, islice, repeat
 from pathlib import Path
 from typing import Any
 
-import attrs
 from bench_peers import PEERS, Peer, Subject
 
 import gocp
@@ -404,6 +403,7 @@ class FairFloorPool:
 
 
 FAIR_FLOOR_NAME = "fair floor: FIFO hand-off to queued waiters"
+PSYCOPG_NAME = next((p.name for p in PEERS if p.module == "psycopg_pool"), "psycopg_pool")
 
 
 def fair_floor_subject(size: int) -> Subject:
@@ -419,6 +419,51 @@ def floor_subject(size: int) -> Subject:
 def gocp_subject(size: int, address: tuple[str, int] = ("127.0.0.1", 9), **options: Any) -> Subject:
     pool = gocp.new(address, size=size, **options)
     return Subject("gocp", pool.get, pool.put, pool.close)
+
+
+CLIENTS_NAME = "gocp.pool (clients)"
+
+
+def clients_subject(size: int, name: str = CLIENTS_NAME, **options: Any) -> Subject:
+    """A ``gocp.pool`` of plain objects, every member dialled (so no timed get dials)."""
+    pool = gocp.pool(lambda: object(), size=size, **options)
+    try:
+        held = [pool.get(timeout=5.0) for _ in range(size)]
+        for client in held:
+            pool.put(client)
+    except BaseException:
+        pool.close()
+        raise
+    return Subject(name, pool.get, pool.put, pool.close)
+
+
+#: The package ``gocp_before`` (gocp before the restructure), when ``--baseline`` gives one.
+_before: Any = None
+BEFORE_NAME = "gocp before"
+
+
+def load_baseline(path: str) -> Any:
+    """Import ``gocp_before`` from the directory ``path`` (its classes report their own
+    ``__module__``, so attrs keeps them apart from gocp's)."""
+    global _before
+    if not (Path(path) / "gocp_before" / "__init__.py").is_file():
+        raise ValueError(f"--baseline: {path!r} holds no package gocp_before")
+    sys.path.insert(0, str(Path(path).resolve()))
+    import gocp_before  # type: ignore[import-not-found]
+
+    _before = gocp_before
+    return gocp_before
+
+
+def gocp_subjects(
+    size: int, address: tuple[str, int] = ("127.0.0.1", 9)
+) -> list[tuple[Row, Subject]]:
+    """gocp's row and, with ``--baseline``, the "gocp before" row with the same settings."""
+    subjects = [(Row("gocp", "gocp"), gocp_subject(size, address))]
+    if _before is not None:
+        pool = _before.new(address, size=size)
+        subjects.append((Row(BEFORE_NAME, "gocp"), Subject(BEFORE_NAME, pool.get, pool.put, pool.close)))
+    return subjects
 
 
 def peer_rows(
@@ -483,18 +528,31 @@ def scenario_uncontended(cfg: Settings) -> list[Table]:
         "uncontended",
         "uncontended get+put: pool of 8, 1 thread",
         "us/op",
-        notes=[f"{cfg.repeats} samples of ~{cfg.sample * 1000:.0f} ms each per subject, gc off"],
+        notes=[
+            f"{cfg.repeats} samples of ~{cfg.sample * 1000:.0f} ms each per subject, gc off",
+            f"{CLIENTS_NAME}: gocp.pool(lambda: object(), size=8), every member dialled "
+            "before timing; 'x psycopg_pool': over psycopg_pool's pool of stand-ins",
+        ],
+        columns=[("x_psycopg", "x psycopg_pool", ".2f")],
     )
     ctx_pool = gocp.new(("127.0.0.1", 9), size=8)
     ctx_name = "gocp, with pool.connection() (context manager)"
     ctx = Subject(ctx_name, ctx_pool.get, ctx_pool.put, ctx_pool.close)
     subjects: list[tuple[Row, Subject]] = [
         (Row(FLOOR_NAME, "floor"), floor_subject(8)),
-        (Row("gocp", "gocp"), gocp_subject(8)),
+        *gocp_subjects(8),
         (Row(ctx_name, "info"), ctx),
     ]
     table.rows += [row for row, _subject in subjects]
     subjects += peer_rows(table, lambda p: [p.dummy(8)], lambda p: None)
+    # gocp.pool of plain objects, shown just above psycopg_pool (also a pool of clients).
+    clients = Row(CLIENTS_NAME, "gocp")
+    psycopg = table.row(PSYCOPG_NAME)
+    table.rows.insert(table.rows.index(psycopg) if psycopg else len(table.rows), clients)
+    try:
+        subjects.append((clients, clients_subject(8)))
+    except Exception as exc:
+        clients.status = f"error: {exc!r}"[:60]
 
     def make_run(subject: Subject) -> Callable[[int], None]:
         if subject is not ctx:
@@ -512,6 +570,8 @@ def scenario_uncontended(cfg: Settings) -> list[Table]:
         run_interleaved(cfg, subjects, make_run)
     finally:
         close_all(subjects)
+    if psycopg is not None:
+        clients.extra["x_psycopg"] = table.ratio(clients, psycopg)
     return [table]
 
 
@@ -638,15 +698,12 @@ def contended_table(cfg: Settings, placement: str) -> Table:
             ("fcfs", "fcfs", ""),
         ],
     )
-    subjects: list[tuple[Row, Subject]] = []
-    for name, kind, subject in (
-        (FLOOR_NAME, "floor", floor_subject(size)),
-        (FAIR_FLOOR_NAME, "info", fair_floor_subject(size)),
-        ("gocp", "gocp", gocp_subject(size)),
-    ):
-        row = Row(name, kind)
-        table.rows.append(row)
-        subjects.append((row, subject))
+    subjects: list[tuple[Row, Subject]] = [
+        (Row(FLOOR_NAME, "floor"), floor_subject(size)),
+        (Row(FAIR_FLOOR_NAME, "info"), fair_floor_subject(size)),
+        *gocp_subjects(size),
+    ]
+    table.rows += [row for row, _subject in subjects]
     subjects += peer_rows(table, lambda p: [p.dummy(size)], lambda p: p.no_waiting)
     live = []
     try:
@@ -916,10 +973,9 @@ def roundtrip_table(
         table.rows.append(row)
         pooled = rt_pooled(Subject(name, floor_pool.get, floor_pool.put, lambda: None))
         plans.append((row, [pooled] * threads, functools.partial(close_socks, socks)))
-    subject = gocp_subject(size, address)
-    row = Row("gocp", "gocp")
-    table.rows.append(row)
-    plans.append((row, [rt_pooled(subject)] * threads, subject.close))
+    for row, subject in gocp_subjects(size, address):
+        table.rows.append(row)
+        plans.append((row, [rt_pooled(subject)] * threads, subject.close))
     for row, subject in peer_rows(
         table,
         lambda p: [p.sockets(size, address, functools.partial(make_sock, address))],
@@ -960,16 +1016,31 @@ def scenario_roundtrip(cfg: Settings) -> list[Table]:
 
 # -- scenario: lifecycle policies ----------------------------------------------------
 
-#: Options gocp may grow for lifecycle policies, with the values to bench them at.
-GOCP_LIFECYCLE = {
-    "heartbeat": 30.0,
-    "health_check": 30.0,
-    "idle_timeout": 600.0,
-    "max_idle": 600.0,
-    "max_lifetime": 3600.0,
-    "lifetime_jitter": 0.1,
-    "leak_timeout": 60.0,
+
+def _no_check(conn: object) -> None:
+    """A check hook that finds every connection alive, at no cost."""
+
+
+#: gocp's lifecycle policies as the lifecycle scenario benches them: row label -> options
+#: (``check`` is the keyword of ``gocp.new``/``gocp.pool``, the rest are ``gocp.Options``).
+GOCP_LIFECYCLE: dict[str, dict[str, Any]] = {
+    "check_interval=30 + check": {"check": _no_check, "check_interval": 30.0},
+    "idle_timeout=600": {"idle_timeout": 600.0},
+    "max_lifetime=3600": {"max_lifetime": 3600.0},
+    "all three": {
+        "check": _no_check,
+        "check_interval": 30.0,
+        "idle_timeout": 600.0,
+        "max_lifetime": 3600.0,
+    },
 }
+GOCP_PLAIN = "no policies"
+
+#: gocp's pool kinds in the lifecycle scenario: (row name pattern, pool of 8 with options).
+GOCP_KINDS: tuple[tuple[str, Callable[..., Subject]], ...] = (
+    ("gocp ({})", functools.partial(gocp_subject, 8)),
+    ("gocp.pool (clients, {})", functools.partial(clients_subject, 8)),
+)
 
 
 def scenario_lifecycle(cfg: Settings) -> list[Table]:
@@ -980,42 +1051,53 @@ def scenario_lifecycle(cfg: Settings) -> list[Table]:
         notes=[
             "health checks are no-op callbacks: this is each pool's policy machinery; "
             "'x plain' = over the same pool without the policies",
+            "gocp: gocp.new members (127.0.0.1:9) are never dialled by get+put, so no "
+            "connection comes due; gocp.pool members each hold a client (dialled before "
+            "timing); pools with policies run their background thread throughout",
         ],
         columns=[("x_plain", "x plain", ".2f")],
     )
-    subjects: list[tuple[Row, Subject]] = []
-    plain: dict[str, Subject] = {}
+    every: list[tuple[Row, Subject]] = []  # every subject timed, shown or not
+    base_of: dict[str, Row] = {}  # a row with policies -> the same pool without them
     row = Row(FLOOR_NAME, "floor")
     table.rows.append(row)
-    subjects.append((row, floor_subject(8)))
-    fields = {f.name for f in attrs.fields(gocp.Options)}
-    wanted = {k: v for k, v in GOCP_LIFECYCLE.items() if k in fields}
-    if wanted:
-        try:
-            row = Row(f"gocp ({', '.join(wanted)})", "gocp")
-            table.rows.append(row)
-            subjects.append((row, gocp_subject(8, **wanted)))
-            plain[row.name] = gocp_subject(8)
-        except Exception as exc:
-            row.status = f"error: {exc!r}"[:60]
-    else:
-        table.rows.append(Row("gocp", "gocp", status="n/a: gocp has no lifecycle policies yet"))
-    for row, subject in peer_rows(table, lambda p: p.lifecycle(8), lambda p: p.no_lifecycle):
-        subjects.append((row, subject))
-    for row, _subject in list(subjects[1:]):
-        peer = next((p for p in PEERS if row.name.startswith(p.name + " (")), None)
-        if peer is not None and row.name not in plain:
-            plain[row.name] = peer.dummy(8)
-    plain_rows = {name: Row(name, "info") for name in plain}
-    every = subjects + [(plain_rows[name], s) for name, s in plain.items()]
+    every.append((row, floor_subject(8)))
     try:
+        for pattern, make in GOCP_KINDS:
+            plain = Row(pattern.format(GOCP_PLAIN), "gocp")
+            for label, options in {GOCP_PLAIN: {}, **GOCP_LIFECYCLE}.items():
+                row = plain if not options else Row(pattern.format(label), "gocp")
+                table.rows.append(row)
+                if options:
+                    base_of[row.name] = plain
+                try:
+                    subject = make(**options)
+                except Exception as exc:
+                    row.status = f"error: {exc!r}"[:60]
+                    continue
+                subject.name = row.name
+                every.append((row, subject))
+        peer_plain: dict[str, Row] = {}  # peer name -> its pool without policies (not shown)
+        for row, subject in peer_rows(table, lambda p: p.lifecycle(8), lambda p: p.no_lifecycle):
+            every.append((row, subject))
+            peer = next((p for p in PEERS if row.name.startswith(p.name + " (")), None)
+            if peer is None:
+                continue
+            if peer.name not in peer_plain:
+                peer_plain[peer.name] = Row(peer.name, "info")
+                try:
+                    every.append((peer_plain[peer.name], peer.dummy(8)))
+                except Exception as exc:
+                    peer_plain[peer.name].status = f"error: {exc!r}"[:60]
+            base_of[row.name] = peer_plain[peer.name]
         run_interleaved(cfg, every, lambda s: getput_loop(s.get, s.put))
     finally:
-        close_all(every)
+        close_all(every)  # and so stop every background thread
     for row in table.rows:
-        base = plain_rows.get(row.name)
+        base = base_of.get(row.name)
         if base is not None and base.samples and row.samples:
-            row.extra["x_plain"] = (row.median or 0.0) / (base.median or 1.0)
+            row.extra["x_plain"] = table.ratio(row, base)
+            row.extra["plain"] = base.name
     return [table]
 
 

@@ -1,80 +1,83 @@
-"""Raise an exception at every point where CPython 3.11 can run a signal handler.
+"""Raise an exception at each point where CPython 3.11 can run a signal handler.
 
-A signal handler that raises (``KeyboardInterrupt``) does not run between any
-two bytecodes: CPython only runs it when the interpreter checks its "eval
-breaker". In 3.11 (``Python/ceval.c``), with the generic (unspecialized)
-instructions, that happens at:
+A Python signal handler that raises (``KeyboardInterrupt``) does not run
+between any two bytecodes: the C handler only sets a flag, and the
+interpreter runs the Python handler when it checks its "eval breaker". In
+3.11 (``Python/ceval.c``) that happens, for the generic instructions, at:
 
-- a function's entry (``RESUME`` with oparg 0) and a generator's resumption
-  after ``yield`` (``RESUME`` 1), but not after ``yield from``/``await``
-  (``RESUME`` 2, 3) nor when ``throw()`` resumes a generator;
-- the end of a ``CALL`` (or ``CALL_FUNCTION_EX``) that returned normally,
-  unless the callee was a Python function that ``CALL`` ran "inlined" (a plain
-  function or a bound method of one). So calling a C function, a class (even
-  with a Python ``__init__``), a ``functools.partial`` or an object with
-  ``__call__`` is a point when it returns, and ``f(*args)`` is too (3.11 never
-  inlines ``CALL_FUNCTION_EX``); returning from ``f(x)`` or creating a generator
-  is not;
-- a backward jump taken: ``JUMP_BACKWARD`` and ``POP_JUMP_BACKWARD_IF_*``
-  (not ``JUMP_BACKWARD_NO_INTERRUPT``).
+- a function's entry (``RESUME`` 0) and a generator's resumption after
+  ``yield`` (``RESUME`` 1); not after ``yield from``/``await`` (``RESUME``
+  2, 3), nor when ``throw()`` resumes a generator, nor when a generator is
+  created;
+- the end of a ``CALL`` or ``CALL_FUNCTION_EX`` that returned normally,
+  unless ``CALL`` ran its callee "inlined", which it does for Python
+  functions (and bound methods of them). So the return from a C function, a
+  class (even one with a Python ``__init__``), a ``functools.partial``, an
+  object with ``__call__`` or ``f(*args)`` (never inlined in 3.11) is a
+  point; the return from ``f(x)`` is not;
+- a taken backward jump: ``JUMP_BACKWARD``, ``POP_JUMP_BACKWARD_IF_*``.
 
-Nothing else checks: not ``BEFORE_WITH`` (``with lock:`` cannot be interrupted
-between acquiring and entering the block), not an attribute, operator or
-subscript that runs Python code (only that code's entry is a point), not
-``RETURN_VALUE`` or ``YIELD_VALUE``. Specialized instructions check at a subset
-of these points (after warm-up, ``list.append``, ``len``, ``isinstance``...
-are inlined without a check), so this set, the generic one, is what any run
-can see. Under a tracer CPython always executes the generic instructions,
-which also makes the set stable from run to run.
+Nothing else checks: ``BEFORE_WITH`` does not (``with lock:`` cannot be
+interrupted between acquiring the lock and entering the block), nor an
+attribute, an operator or a subscript that runs Python code (only that
+code's entry is a point), nor ``RETURN_VALUE``/``YIELD_VALUE``. Specialized
+instructions check at a subset of these points (once warm, ``list.append``,
+``len``, ``isinstance``... no longer check), so this generic set covers every
+run; under a tracer CPython always runs the generic instructions, which also
+makes the set the same from run to run. ``tests/test_interrupts_harness.py``
+checks it against CPython itself, point by point.
 
-Where the exception is raised matters as much as when: CPython looks for the
-handler (``except``/``finally``/``with``) with the offset of the checking
-instruction, and for a backward jump with the offset just before the jump's
-target. ``try: return C()`` runs its ``finally`` if interrupted after ``C()``
-returned; a ``continue`` that jumps back to a loop that is the first statement
-of ``try: while True: ...`` leaves without running the ``finally`` (fixed in
-3.13). The harness reproduces this by letting CPython raise the exception
-itself where needed: it arms an asynchronous exception
-(``PyThreadState_SetAsyncExc``) for its own thread right before the check,
-and the check raises it.
+Where the exception is raised matters as much: CPython picks the handler
+(``except``/``finally``/``with``) from the offset of the checking instruction,
+and for a backward jump from the instruction just before the jump's target.
+So ``try: return C()`` runs its ``finally`` when interrupted after ``C()``
+returned, and a ``continue`` jumping back to a loop that opens ``try: while
+True: ...`` leaves without running that ``finally`` (3.11 and 3.12; fixed in
+3.13). The harness lets CPython raise the exception itself where raising it
+from the trace function would pick another handler: it arms an asynchronous
+exception (``PyThreadState_SetAsyncExc``, its own thread) just before the
+check.
 
-How it works: ``sys.settrace`` with opcode events on the frames run below
-``run()`` (this thread only). Function entries are seen at the ``call`` event,
-which 3.11 emits just after the entry check; the exception is raised from the
-trace function there. The end of a ``CALL`` is seen at the next opcode event of
-the same frame; whether ``CALL`` inlines its callee is read from the value
-stack at the ``CALL`` (3.11 frame layout, checked before use). A taken jump is
-the next opcode event at the jump's target. When raising at the instruction
-after the check would select another handler than CPython's, the exception is
-armed instead (see above).
+How: ``sys.settrace`` with opcode events, on the frames that ``run()`` runs
+(this thread only). 3.11 reports a function's ``call`` just after its entry
+check; the end of a ``CALL`` shows as the next opcode event of its frame, and
+whether the ``CALL`` inlines its callee is read from the value stack at the
+``CALL`` (the 3.11 frame layout, checked before use); a taken jump shows as
+the next opcode event at its target.
 
-Limits:
+Not covered, and known:
 
-- CPython 3.11 only (``HarnessError`` elsewhere): 3.12 inlines
-  ``CALL_FUNCTION_EX`` of Python functions and has no conditional backward
-  jumps, 3.13 looks up the handler of a back edge at the jump itself, and the
-  frame layout differs.
+- Handlers also run inside C code that calls ``PyErr_CheckSignals()``: in
+  3.11 ``PyObject_Str`` and ``PyObject_Repr`` do, so ``str()``, ``repr()``,
+  ``print``, ``%`` formatting, f-strings of non-``str`` values and C error
+  messages made with ``%S``/``%R`` can be interrupted inside;
+  ``socket.sendall`` checks between chunks; and a system call interrupted by
+  a real signal (a waiting ``lock.acquire()``, ``time.sleep``, ``select``,
+  blocking I/O) runs the handler before returning. The last kind is opt-in:
+  ``blocking(callee)`` decides which C calls count, and the exception is then
+  raised as the call starts, before it takes effect (``waits`` is a
+  predicate for lock waits, sleeps and selects; use it only where those
+  calls really wait). The others are not modelled.
 - Only the calling thread. Frames that run while the trace function runs (a
-  ``__del__`` triggered by it) are not seen; a run must be deterministic for
-  ``each_interrupt`` (it replays the points of a first run and checks that
-  every interrupt lands where recorded).
-- A blocking C call (``lock.acquire()`` waiting, ``time.sleep``,
-  ``select``...) also runs handlers inside itself when a real signal
-  interrupts its system call. Those points exist only if the call really
-  waits, so they are opt-in: ``blocking=`` decides which callees count, and
-  the exception is raised as the call starts, before it takes effect.
-- ``sys.settrace`` is per thread and there is one slot: while a run is traced
-  the harness replaces any tracer that was there (coverage's) and restores it
-  afterwards, so coverage misses what runs inside. Under ``coverage run``,
-  run tests that use the harness in a child process (``subprocess`` with
-  ``sys.executable``) rather than in the traced process; and a debugger and
-  this harness do not mix.
-- ``run_interrupted`` alone works in one run. Where it must arm the exception
-  before a ``CALL`` that then fails, or before a callee that ``include``
-  excludes, it cannot know in advance and raises ``HarnessError``;
-  ``each_interrupt`` (which records first) has no such limit. A conditional
-  backward jump whose target and target-minus-one have different handlers is
-  interrupted at the target by ``run_interrupted`` (``Point.exact`` is false).
+  ``__del__`` it triggers) are not seen. CPython 3.11 only
+  (``HarnessError`` elsewhere): 3.12 inlines ``CALL_FUNCTION_EX`` of Python
+  functions and has no conditional backward jumps, 3.13 also inlines class
+  calls once specialized, and the frame layout differs.
+- ``sys.settrace`` has one slot per thread: during a run the harness
+  replaces any tracer (coverage's) and restores it afterwards, so coverage
+  misses what runs inside, and a debugger and the harness do not mix. Under
+  ``coverage run``, run the tests that use the harness in a child process
+  (``subprocess`` with ``sys.executable``), as
+  ``tests/test_interrupts_harness.py`` does.
+- ``run_interrupted`` decides in one run. When it must arm the exception
+  before a call that then fails, or before a Python callee that ``include``
+  rejects, CPython raises it at another check and ``run_interrupted`` raises
+  ``HarnessError``. ``each_interrupt`` records a run first, then replays it:
+  no such limit, but the run must be deterministic (``HarnessError`` if an
+  interrupt lands anywhere else than recorded). A backward conditional jump
+  on a non-plain value, where raising at the target would pick another
+  handler, is interrupted at the target by ``run_interrupted``, and its
+  ``Point.exact`` is false.
 """
 
 from __future__ import annotations
@@ -545,7 +548,7 @@ _set_async = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
 def _subscript_caller(func: Callable[[object], object]) -> dict[object, object]:
     """A dict whose ``d[key]`` calls ``func(key)`` from C (and stores nothing)."""
     cls = type("_CallOnMissing", (dict,), {"__missing__": staticmethod(func), "__slots__": ()})
-    return cls()  # type: ignore[no-any-return]
+    return cls()
 
 
 @dataclass(frozen=True)
