@@ -5,10 +5,14 @@
     .venv/bin/python scripts/bench.py --quick         # a smoke run (under 30 s)
     .venv/bin/python scripts/bench.py --only uncontended,roundtrip --json out.json
     .venv/bin/python scripts/bench.py --only roundtrip --server threads
+    .venv/bin/python scripts/bench.py --baseline /work/baseline   # with "gocp before" rows
 
-Scenarios (issue 4; the targets of issues 2 and 4 are checked at the end):
+Scenarios (issue 4; the targets of issues 2 and 4, and of the restructure's issue,
+"restruct", are checked at the end):
 
-- ``uncontended``: get+put, pool of 8, one thread.
+- ``uncontended``: get+put, pool of 8, one thread; also gocp's pool of clients,
+  ``gocp.pool(object, size=8)`` (every member dialled before timing), with
+  its ratio to psycopg_pool's (a pool of stand-in connection objects).
 - ``contended``: 16 threads sharing a pool of 4 doing get+put: wall time per
   operation, throughput, Jain's fairness index over the threads' operation
   counts, the worst and 99th-percentile wait in ``get`` (a separate run that
@@ -37,9 +41,17 @@ Scenarios (issue 4; the targets of issues 2 and 4 are checked at the end):
   pool can do (a lock, two deques, a lock per waiter, no checks); the round
   trips also show raw sockets inside the floor pool and the fair floor pool,
   which is what any shared pool costs before doing anything of its own.
-- ``lifecycle``: get+put with the pool's health-check and lifetime policies
-  on; the check itself is a no-op callback, so what is timed is the pool's
-  machinery. gocp is "n/a" until ``gocp.Options`` grows such options.
+- ``--baseline PATH``: a directory holding the package ``gocp_before``
+  (gocp before the restructure, the same API as the old ``gocp.new``); the
+  uncontended, contended and round-trip tables then get a "gocp before" row
+  with the "gocp" row's settings, and the targets give "gocp vs gocp
+  before" for uncontended get+put and every round trip (at most 1.05x).
+- ``lifecycle``: get+put with each pool's health-check and lifetime policies
+  on; a check is a no-op callback, so what is timed is the pool's machinery.
+  gocp, for ``gocp.new`` and ``gocp.pool`` alike: ``check_interval=30`` with
+  a ``check`` hook, ``idle_timeout=600``, ``max_lifetime=3600`` and all
+  three, each over the same pool with no policies ("x plain"; target: at
+  most 1.10x). Every pool is closed (its background thread stopped) after.
 - ``size``: get+put cost on a pool of 1,000 over a pool of 8 (every member
   created and cycled once before timing).
 - ``memory``: ``tracemalloc`` bytes per idle member of a pool of 1,000 whose
@@ -426,7 +438,7 @@ CLIENTS_NAME = "gocp.pool (clients)"
 
 def clients_subject(size: int, name: str = CLIENTS_NAME, **options: Any) -> Subject:
     """A ``gocp.pool`` of plain objects, every member dialled (so no timed get dials)."""
-    pool = gocp.pool(lambda: object(), size=size, **options)
+    pool = gocp.pool(object, size=size, **options)
     try:
         held = [pool.get(timeout=5.0) for _ in range(size)]
         for client in held:
@@ -447,7 +459,7 @@ def load_baseline(path: str) -> Any:
     ``__module__``, so attrs keeps them apart from gocp's)."""
     global _before
     if not (Path(path) / "gocp_before" / "__init__.py").is_file():
-        raise ValueError(f"--baseline: {path!r} holds no package gocp_before")
+        raise ValueError(f"no package gocp_before in {path!r}")
     sys.path.insert(0, str(Path(path).resolve()))
     import gocp_before  # type: ignore[import-not-found]
 
@@ -462,7 +474,9 @@ def gocp_subjects(
     subjects = [(Row("gocp", "gocp"), gocp_subject(size, address))]
     if _before is not None:
         pool = _before.new(address, size=size)
-        subjects.append((Row(BEFORE_NAME, "gocp"), Subject(BEFORE_NAME, pool.get, pool.put, pool.close)))
+        subjects.append(
+            (Row(BEFORE_NAME, "gocp"), Subject(BEFORE_NAME, pool.get, pool.put, pool.close))
+        )
     return subjects
 
 
@@ -530,7 +544,7 @@ def scenario_uncontended(cfg: Settings) -> list[Table]:
         "us/op",
         notes=[
             f"{cfg.repeats} samples of ~{cfg.sample * 1000:.0f} ms each per subject, gc off",
-            f"{CLIENTS_NAME}: gocp.pool(lambda: object(), size=8), every member dialled "
+            f"{CLIENTS_NAME}: gocp.pool(object, size=8), every member dialled "
             "before timing; 'x psycopg_pool': over psycopg_pool's pool of stand-ins",
         ],
         columns=[("x_psycopg", "x psycopg_pool", ".2f")],
@@ -1036,10 +1050,11 @@ GOCP_LIFECYCLE: dict[str, dict[str, Any]] = {
 }
 GOCP_PLAIN = "no policies"
 
-#: gocp's pool kinds in the lifecycle scenario: (row name pattern, pool of 8 with options).
-GOCP_KINDS: tuple[tuple[str, Callable[..., Subject]], ...] = (
-    ("gocp ({})", functools.partial(gocp_subject, 8)),
-    ("gocp.pool (clients, {})", functools.partial(clients_subject, 8)),
+#: gocp's pool kinds in the lifecycle scenario: (kind, row name pattern, pool of 8 with
+#: the options it is called with).
+GOCP_KINDS: tuple[tuple[str, str, Callable[..., Subject]], ...] = (
+    ("sockets", "gocp ({})", functools.partial(gocp_subject, 8)),
+    ("clients", "gocp.pool (clients, {})", functools.partial(clients_subject, 8)),
 )
 
 
@@ -1063,7 +1078,7 @@ def scenario_lifecycle(cfg: Settings) -> list[Table]:
     table.rows.append(row)
     every.append((row, floor_subject(8)))
     try:
-        for pattern, make in GOCP_KINDS:
+        for _kind, pattern, make in GOCP_KINDS:
             plain = Row(pattern.format(GOCP_PLAIN), "gocp")
             for label, options in {GOCP_PLAIN: {}, **GOCP_LIFECYCLE}.items():
                 row = plain if not options else Row(pattern.format(label), "gocp")
@@ -1358,20 +1373,34 @@ class Target:
         return ("PASS" if ok else "FAIL") + (" (noisy)" if self.noisy else "")
 
 
+#: The source column of the targets the restructure's issue set (gocp vs gocp before,
+#: policies on vs off).
+RESTRUCTURE = "restruct"
+
+
 def _median(tables: dict[str, Table], key: str, name: str) -> float | None:
     table = tables.get(key)
     row = table.row(name) if table else None
     return row.median if row and row.samples else None
 
 
-def _vs(tables: dict[str, Table], key: str, to: str, *, by_min: bool = False) -> float | None:
-    """gocp's median over the floor's or the best peer's (``by_min``: fastest sample over
-    fastest sample, which shrugs off load from other processes better)."""
+def _other(table: Table, to: str) -> Row | None:
+    """The row compared with: ``"floor"``, ``"peer"`` (the best peer) or a row's name."""
+    if to == "floor":
+        return table.floor()
+    return table.best_peer() if to == "peer" else table.row(to)
+
+
+def _vs(
+    tables: dict[str, Table], key: str, to: str, *, by_min: bool = False, name: str = "gocp"
+) -> float | None:
+    """Row ``name``'s median over the floor's, the best peer's or row ``to``'s (``by_min``:
+    fastest sample over fastest sample, which shrugs off load from other processes better)."""
     table = tables.get(key)
     if table is None:
         return None
-    row = table.row("gocp")
-    other = table.floor() if to == "floor" else table.best_peer()
+    row = table.row(name)
+    other = _other(table, to)
     if row is None or other is None or not row.samples or not other.samples:
         return None
     if by_min:
@@ -1380,12 +1409,12 @@ def _vs(tables: dict[str, Table], key: str, to: str, *, by_min: bool = False) ->
     return table.ratio(row, other)
 
 
-def _noisy(tables: dict[str, Table], key: str, to: str | None = None) -> bool:
-    """Whether gocp's row, or the row it is compared with, is noisy."""
+def _noisy(tables: dict[str, Table], key: str, to: str | None = None, name: str = "gocp") -> bool:
+    """Whether row ``name``, or the row it is compared with, is noisy."""
     table = tables.get(key)
     if table is None:
         return False
-    rows = [table.row("gocp"), {"floor": table.floor(), "peer": table.best_peer()}.get(to or "")]
+    rows = [table.row(name), _other(table, to) if to else None]
     return any(row is not None and row.noisy for row in rows)
 
 
@@ -1395,17 +1424,26 @@ def _inverse(value: float | None) -> float | None:
 
 def targets(tables: dict[str, Table]) -> list[Target]:
     def vs(
-        source: str, text: str, key: str, to: str, limit: float, *, more: bool = False
+        source: str,
+        text: str,
+        key: str,
+        to: str,
+        limit: float,
+        *,
+        more: bool = False,
+        name: str = "gocp",
     ) -> Target:
-        """gocp's median over the floor's or the best peer's (``more``: the inverse, >= limit)."""
-        ratio, fastest = _vs(tables, key, to), _vs(tables, key, to, by_min=True)
+        """Row ``name``'s median over the floor's, the best peer's or row ``to``'s
+        (``more``: the inverse, >= limit)."""
+        ratio = _vs(tables, key, to, name=name)
+        fastest = _vs(tables, key, to, by_min=True, name=name)
         return Target(
             source,
             text,
             _inverse(ratio) if more else ratio,
             limit,
             at_most=not more,
-            noisy=_noisy(tables, key, to),
+            noisy=_noisy(tables, key, to, name),
             by_min=_inverse(fastest) if more else fastest,
         )
 
@@ -1471,12 +1509,39 @@ def targets(tables: dict[str, Table]) -> list[Target]:
             noisy=_noisy(tables, "import"),
         )
     )
+    # the restructure: gocp against the package before it, and its policies on and off
+    if _before is not None:
+        if "uncontended" in tables:
+            text = "uncontended get+put: gocp vs gocp before"
+            out.append(vs(RESTRUCTURE, text, "uncontended", BEFORE_NAME, 1.05))
+        for placement in PLACEMENTS:
+            for threads in (1, 8):
+                key = placed_key(f"roundtrip_{threads}", placement)
+                if key in tables:
+                    text = (
+                        f"echo round trip, {threads} thread{'s' if threads > 1 else ''}, "
+                        f"gocp vs gocp before [{placement}]"
+                    )
+                    out.append(vs(RESTRUCTURE, text, key, BEFORE_NAME, 1.05))
+    elif "uncontended" in tables or any(k.startswith("roundtrip_") for k in tables):
+        detail = "needs --baseline PATH, a directory holding the package gocp_before"
+        text = "gocp within 1.05x of gocp before"
+        out.append(Target(RESTRUCTURE, text, None, 1.05, detail=detail))
+    if "lifecycle" in tables:
+        for kind, pattern, _make in GOCP_KINDS:
+            for label in GOCP_LIFECYCLE:
+                text = f"get+put, policies on vs off, {kind}: {label}"
+                plain = pattern.format(GOCP_PLAIN)
+                name = pattern.format(label)
+                out.append(vs(RESTRUCTURE, text, "lifecycle", plain, 1.10, name=name))
     return out
 
 
 def print_targets(found: list[Target], tables: dict[str, Table]) -> None:
-    print("\n== targets (issues 2 and 4): a report, not an assertion")
-    print(f"   {'issue':<8}{'target':<64}{'gocp':>10}{'limit':>10}{'by min':>9}  result")
+    print(
+        f"\n== targets (issues 2 and 4; {RESTRUCTURE}: the restructure): a report, not an assertion"
+    )
+    print(f"   {'issue':<10}{'target':<64}{'gocp':>10}{'limit':>10}{'by min':>9}  result")
     for target in found:
         sign = "<=" if target.at_most else ">="
         value = "-" if target.value is None else f"{target.value:.2f}{target.unit}"
@@ -1487,31 +1552,34 @@ def print_targets(found: list[Target], tables: dict[str, Table]) -> None:
             limit = f"{sign}{target.limit:g}{target.unit}"
         by_min = "" if target.by_min is None else f"{target.by_min:.2f}{target.unit}"
         print(
-            f"   {target.source:<8}{target.text:<64}{value:>10}{limit:>10}{by_min:>9}"
+            f"   {target.source:<10}{target.text:<64}{value:>10}{limit:>10}{by_min:>9}"
             f"  {target.result}"
         )
         if target.detail:
-            print(f"   {'':<8}  {target.detail}")
-    lifecycle = tables.get("lifecycle")
-    if lifecycle is not None:
-        row = lifecycle.row("gocp")
-        if row is not None and row.status:
-            print(f"   {'#4':<8}{'lifecycle policies on':<64}{'n/a':>10}{'-':>10}{'':>9}  n/a")
-            print(f"   {'':<8}  {row.status}")
-    for placement in PLACEMENTS:
-        table = tables.get(placed_key("contended", placement))
-        gocp_row = table.row("gocp") if table else None
-        fair = table.row(FAIR_FLOOR_NAME) if table else None
-        if table is None or gocp_row is None or fair is None:
-            continue
-        fastest = (
-            min(gocp_row.samples) / min(fair.samples) if gocp_row.samples and fair.samples else None
-        )
-        text = f"16 threads / 4 members vs the fair floor [{placement}]"
+            print(f"   {'':<10}  {target.detail}")
+
+    def info(text: str, key: str, to: str, name: str = "gocp") -> None:
+        """A ratio with no target: row ``name`` over row ``to`` of table ``key``, if both are."""
+        table = tables.get(key)
+        if table is None or table.row(name) is None or table.row(to) is None:
+            return
+        ratio = _vs(tables, key, to, name=name)
+        fastest = _vs(tables, key, to, by_min=True, name=name)
         print(
-            f"   {'info':<8}{text:<64}{_fmt(table.ratio(gocp_row, fair)):>9}x{'-':>10}"
-            f"{_fmt(fastest):>8}x  reported"
+            f"   {'info':<10}{text:<64}{_fmt(ratio):>9}x{'-':>10}{_fmt(fastest):>8}x  reported"
+            + ("  (noisy)" if _noisy(tables, key, to, name) else "")
         )
+
+    info(
+        "uncontended get+put: gocp.pool (clients) vs psycopg_pool",
+        "uncontended",
+        PSYCOPG_NAME,
+        CLIENTS_NAME,
+    )
+    for placement in PLACEMENTS:
+        key = placed_key("contended", placement)
+        info(f"16 threads / 4 members vs the fair floor [{placement}]", key, FAIR_FLOOR_NAME)
+        info(f"16 threads / 4 members: gocp vs gocp before [{placement}]", key, BEFORE_NAME)
     print(
         "   result: from medians; 'by min': the same ratio from each row's fastest sample "
         "(less sensitive to other load, for comparison only)"
@@ -1564,7 +1632,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "or repeated (default: all; 'os' alone where pinning is impossible): "
         + "; ".join(f"{k}: {v[0]}" for k, v in PLACEMENTS.items()),
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="a directory holding the package gocp_before (gocp before the restructure): "
+        "adds a 'gocp before' row to the uncontended, contended and round-trip tables",
+    )
     args = parser.parse_args(argv)
+    if args.baseline is not None:
+        try:
+            load_baseline(args.baseline)
+        except Exception as exc:
+            parser.error(f"--baseline {args.baseline}: {exc}")
     placements = [p.strip() for item in args.placement for p in item.split(",") if p.strip()]
     bad = sorted(set(placements) - set(PLACEMENTS))
     if bad:
@@ -1598,6 +1677,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "gocp": gocp.__version__,
+        "baseline": None if _before is None else str(Path(_before.__file__).parent),
         "quick": cfg.quick,
         "repeats": cfg.repeats,
         "server": cfg.server,
@@ -1610,6 +1690,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{meta['platform']}, {meta['cpus']} CPUs{', quick' if cfg.quick else ''}"
     )
     print("peers: " + "; ".join(f"{name} {v}" for name, v in meta["peers"].items()))
+    if meta["baseline"] is not None:
+        print(f"baseline ({BEFORE_NAME}): {meta['baseline']}")
     load = meta["load_average"]
     if load is not None:
         busy = load[0] > 0.5
