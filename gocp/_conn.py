@@ -257,6 +257,13 @@ class PersistentConn(Slot):
         """Forget this lend's view of the socket: the next operation probes it again."""
         self._io = None
 
+    def _forget_lend(self) -> None:
+        """A lend ends without a plain ``put`` (an undone ``get``, an interrupted ``put``):
+        the next lend starts clean."""
+        self._io = None
+        if self._dirty:
+            self._end_lend()
+
     def _end_lend(self) -> bool:
         """At put, when the lend changed something (``_dirty``): undo it. False if the
         socket can no longer be trusted (the holder closed what it took as ``socket``)."""

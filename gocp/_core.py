@@ -16,12 +16,16 @@ changes; a connection leaves a slot only through ``doomed`` (to be closed) or
 ``released`` (after a fork, dropped without I/O).
 
 Interrupts. A signal handler that raises (``KeyboardInterrupt``) runs, in
-CPython, only at a function's entry, after a call to a C function returns and
-at a loop's back edge. The hot paths here (``lend``, ``give_back``) take a
-slot and record where it went with no call in between, so an interrupt finds
-every slot either where it was or where it went; and the other paths leave
-state that running them again completes (a slot's ``seq`` tells a lend from
-the next one). The shells rely on that to undo or finish an interrupted call.
+CPython 3.11, only at a function's entry, at the end of a call that is not
+inlined (a C function, a class, any call of a Python function through
+``*args``), at a loop's back edge, and inside ``str()``/``repr()`` of
+objects. The hot paths here (``lend``, ``give_back``, ``doom``, ``attach``)
+take a slot or a connection and record where it went with no such point in
+between, so an interrupt finds each either where it was or where it went;
+the other paths leave state that running them again completes (a slot's
+``seq`` tells a lend from the next one). The shells rely on that to undo or
+finish an interrupted call; ``tests/test_interrupts.py`` interrupts them at
+every point and checks.
 """
 
 from __future__ import annotations
@@ -289,7 +293,9 @@ class PoolCore(Generic[S, W]):
 
     def _give_back_slow(self, slot: S, now: float) -> W | None:
         """give_back for a slot past its lifetime, an overflow slot, a slot of a closed
-        pool, one holding an inherited connection, or a client slot with no client."""
+        pool, one holding an inherited connection, a client slot with no client, or one
+        whose check was interrupted."""
+        self.checking.pop(slot, None)
         if self.closed:
             self.doom(slot, None)
             if slot.overflow:
@@ -372,7 +378,10 @@ class PoolCore(Generic[S, W]):
         return None
 
     def check_begins(self, slot: S) -> None:
-        """A check of ``slot`` starts (I/O failing during it counts as the check failing)."""
+        """A check of ``slot`` starts (I/O failing during it counts as the check failing).
+        Until ``checked``, its give_back takes the slow path, which ends the check if an
+        interrupt kept ``checked`` from running."""
+        slot.slow_at = -_INF
         self.checking[slot] = None
 
     def checked(self, slot: S, now: float, ok: bool, *, hook_failed: bool = False) -> None:
@@ -382,8 +391,9 @@ class PoolCore(Generic[S, W]):
             self.hook_failures += 1
         if ok:
             slot.checked_at = now
-            return
-        self.doom(slot, "check")
+        else:
+            self.doom(slot, "check")
+        self._schedule(slot)
 
     # -- connections leaving and joining slots -------------------------------------
 
@@ -399,7 +409,9 @@ class PoolCore(Generic[S, W]):
         slot.expires_at = _INF
         if reason is not None:
             self.closed_by[reason] += 1
-        self.by_conn.pop(key, None)
+        del self.by_conn[key]  # a statement, not a call
+        if self.dial_in_lend:  # no client: its next lend dials (set before any call)
+            slot.due_at = slot.slow_at = -_INF
         self.doomed.append(conn)
         self._schedule(slot)
 
@@ -409,10 +421,11 @@ class PoolCore(Generic[S, W]):
         slot.inherited = False
         if conn is None:
             return
-        slot.conn = None
+        key = id(conn)
+        slot.conn = None  # from here to the append, no call (see doom)
         self.connected -= 1
         slot.expires_at = _INF
-        self.by_conn.pop(id(conn), None)
+        del self.by_conn[key]
         self.released.append(conn)
         self._schedule(slot)
 
@@ -435,9 +448,10 @@ class PoolCore(Generic[S, W]):
 
     def attach(self, slot: S, conn: Any, now: float) -> None:
         """A dial made ``conn`` for ``slot`` (lent or busy)."""
+        key = id(conn)  # first: from ``slot.conn = conn`` to the map's entry, no call
         slot.conn = conn
         self.connected += 1
-        self.by_conn[id(conn)] = slot
+        self.by_conn[key] = slot
         slot.connected_at = slot.checked_at = now
         slot.base = slot.seq - (1 if slot.state is LENT else 0)
         # Each connection's lifetime is cut by a random 0-10%, so those made together
@@ -562,6 +576,7 @@ class PoolCore(Generic[S, W]):
 
     def restore(self, slot: S, now: float, *, dialled: bool = False) -> W | None:
         """Give back a busy slot (its check or dial is done): to the first waiter or idle."""
+        self.checking.pop(slot, None)
         if dialled:
             self.busy_dials -= 1
         if self.closed:

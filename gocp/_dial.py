@@ -199,7 +199,6 @@ def connect(
 
     failures: list[tuple[AddrInfo, OSError]] = []
     pending: dict[socket.socket, AddrInfo] = {}  # running attempts, in start order
-    winner: socket.socket | None = None
     next_start = -math.inf  # when the next attempt starts, at the latest; now for the first
     selector = _Selector()
 
@@ -214,6 +213,10 @@ def connect(
         next_start = -math.inf  # a failed attempt starts the next one at once
 
     try:
+        # A statement before the loop: in CPython 3.11 and 3.12, an interrupt at a
+        # ``continue`` that jumps back to a loop opening the ``try`` would find no
+        # handler and skip the ``finally`` that closes the attempts.
+        winner: socket.socket | None = None
         while True:
             now = clock()
             if now >= deadline:
@@ -267,7 +270,12 @@ def connect(
             winner.close()
         raise
     finally:
-        selector.close()
-        for sock in pending:
-            if sock is not winner:
-                sock.close()
+        try:
+            selector.close()
+            for sock in pending:
+                if sock is not winner:
+                    sock.close()
+        except BaseException:  # interrupted while returning the winner: it is nobody's
+            if winner is not None:
+                winner.close()
+            raise

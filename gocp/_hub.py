@@ -153,10 +153,10 @@ class Hub:
 
     def check(self, slot: Slot) -> bool:
         """Run the check on a lent or busy slot's connection; a failed one is closed."""
-        with self.lock:
-            self.core.check_begins(slot)
         ok, failed = False, False
         try:
+            with self.lock:
+                self.core.check_begins(slot)
             ok = self.connector.check(slot)
         except Exception as exc:  # noqa: BLE001 - a user hook: any failure means dead
             failed = not isinstance(exc, ConnectionBroken)  # the socket's own I/O failed
@@ -169,14 +169,24 @@ class Hub:
         return ok
 
     def drain(self) -> None:
-        """Close the connections the core doomed (any thread, outside the lock)."""
+        """Close the connections the core doomed (any thread, outside the lock).
+
+        A connection is taken off ``doomed`` and held in a local with no call in
+        between, so neither another thread nor an interrupt can come between them; an
+        interrupted close is tried once more (so a close hook should be idempotent,
+        as ``socket.close`` and most clients' ``close()`` are)."""
         doomed = self.core.doomed
         while doomed:
             try:
-                conn = doomed.popleft()
+                conn = doomed[0]
             except IndexError:  # another thread took the last one
                 return
-            self.close_conn(conn)
+            del doomed[0]
+            try:
+                self.close_conn(conn)
+            except BaseException:
+                self.close_conn(conn)
+                raise
         if self.worker is not None and self.core.min_idle:
             self.worker.wake()
 

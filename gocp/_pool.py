@@ -242,7 +242,13 @@ class Pool(Generic[T]):
         except BaseException:
             # Interrupted (a signal handler raised), or a dial or check failed: leave the
             # queue and give back whatever this call took but never handed to its caller.
-            self._abandon(slot, waiter)
+            # (Once more if that is interrupted too: ``taken`` keeps it to this lend.)
+            taken = [slot, -1 if slot is None else slot.seq]
+            try:
+                self._abandon(taken, waiter)
+            except BaseException:
+                self._abandon(taken, waiter)
+                raise
             raise
 
     def _wait(self, waiter: Waiter, timeout: float | None) -> Slot:
@@ -312,20 +318,34 @@ class Pool(Generic[T]):
             if hub.closing.wait(wait):
                 raise PoolClosed(f"pool {self.name} was closed while dialling")
 
-    def _abandon(self, slot: Slot | None, waiter: Waiter | None) -> None:
-        """Undo an interrupted or failed ``get``: withdraw its waiter, give back its slot.
-
-        The waiter is not reused: the state of its lock is unknown."""
+    def _abandon(self, taken: list[Any], waiter: Waiter | None) -> None:
+        """Undo an interrupted or failed ``get``: withdraw its waiter, give back the slot
+        ``taken`` ([slot, seq], or [None, -1] if it has none yet). Idempotent: the lend's
+        ``seq`` keeps a second run from giving back a later lend. The waiter is not
+        reused: the state of its lock is unknown."""
         if waiter is not None:
             with self._lock:
                 self._core.cancel(waiter, self._clock(), timed_out=False)
-                if slot is None:
-                    slot = waiter.slot  # served before the interrupt: it holds a slot
-        if slot is not None:
-            with self._lock:
-                if slot.state is LENT:  # only this call gives it back (see _prepare)
-                    self._hub.wake(self._core.give_back(slot, self._clock()))
-            self._hub.drain()
+                served = waiter.slot  # served before the interrupt: it holds a slot
+                if taken[0] is None and served is not None:
+                    taken[1] = served.seq
+                    taken[0] = served
+        slot, seq = taken
+        if slot is None:
+            return
+        self._give_back(slot, seq, broken=False)
+
+    def _give_back(self, slot: Any, seq: int, *, broken: bool) -> None:
+        """Give back the lend ``seq`` of ``slot`` if it is still lent (an undone ``get``, an
+        interrupted ``put``): idempotent, never another lend's."""
+        if self._sockets:
+            slot._forget_lend()
+        with self._lock:
+            if slot.state is LENT and slot.seq == seq:
+                if broken:
+                    self._core.broke(slot)
+                self._hub.wake(self._core.give_back(slot, self._clock()))
+        self._hub.drain()
 
     def put(self, conn: T, broken: bool = False) -> None:
         """Give back a member lent by ``get``.
@@ -337,33 +357,41 @@ class Pool(Generic[T]):
         ``ValueError`` for another pool's member or one that is not lent (put
         twice); the pool is unchanged.
         """
-        if broken is not False:
-            check_bool("broken", broken)
-        if self._sockets:
-            if conn.__class__ is not PersistentConn:
-                raise TypeError(f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}")
-            slot: Any = conn
-            if slot._hub is not self._hub:
-                raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
-            slot._io = None  # the next lend's first operation probes the socket again
-            if slot._dirty and not slot._end_lend():
-                broken = True
-        else:
-            slot = self._core.by_conn.get(id(conn))
-            if slot is None or slot.conn is not conn:
-                raise ValueError(
-                    f"conn: {type(conn).__name__} object at {id(conn):#x} was not lent by "
-                    f"{self!r} (or was put back already)"
-                )
-        seq = slot.seq
+        slot: Any = None
+        seq = -1
+        checked = False  # the arguments are good: from here on, an error finishes the put
         lock = self._lock
-        waiter = None
         try:
+            if broken is not False:
+                check_bool("broken", broken)
+            if self._sockets:
+                if conn.__class__ is not PersistentConn:
+                    raise TypeError(
+                        f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}"
+                    )
+                if conn._hub is not self._hub:  # type: ignore[attr-defined]
+                    raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
+                slot = conn
+                seq = slot.seq
+                checked = True
+                slot._io = None  # the next lend's first operation probes the socket again
+                if slot._dirty and not slot._end_lend():
+                    broken = True
+            else:
+                slot = self._core.by_conn.get(id(conn))
+                if slot is None or slot.conn is not conn:
+                    raise ValueError(
+                        f"conn: {type(conn).__name__} object at {id(conn):#x} was not lent "
+                        f"by {self!r} (or was put back already)"
+                    )
+                seq = slot.seq
+                checked = True
             if broken:
                 with lock:
                     if slot.state is LENT and slot.seq == seq:
                         self._core.broke(slot)
                 self._hub.drain()
+            waiter = None
             try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
                 lock.acquire()
                 waiter = self._core.give_back(slot, self._clock())
@@ -376,30 +404,55 @@ class Pool(Generic[T]):
                     pass
             if waiter is not None:
                 self._hub.drain()
-        except BaseException:
-            # Interrupted: finish the return (only if this lend is still the slot's).
-            with lock:
-                if slot.state is LENT and slot.seq == seq:
-                    if broken:
-                        self._core.broke(slot)
-                    self._hub.wake(self._core.give_back(slot, self._clock()))
-            self._hub.drain()
+        except BaseException as exc:
+            if not checked and isinstance(exc, (TypeError, ValueError)):
+                raise  # bad arguments: the pool is as it was
+            self._finish_put(conn, slot, seq, bool(broken))
             raise
+
+    def _finish_put(self, conn: Any, slot: Any, seq: int, broken: bool) -> None:
+        """``put`` was interrupted: give the member back if this lend still has it
+        (``slot`` None: ``put`` had not found it yet, so nothing of it had run)."""
+        if slot is None:
+            slot = self._slot_of(conn)
+            if slot is None:
+                return
+            seq = slot.seq
+        self._give_back(slot, seq, broken=broken)
+
+    def _slot_of(self, conn: Any) -> Any:
+        """The slot of one of this pool's members (a PersistentConn, or a lent client)."""
+        if self._sockets:
+            if conn.__class__ is PersistentConn and conn._hub is self._hub:
+                return conn
+            return None
+        return self._core.by_conn.get(id(conn))
 
     def _return(self, conn: Any, exc: BaseException | None) -> None:
         """Put back at the end of a ``with`` block: broken if the block raised an
-        exception ``broken_on`` accepts (for sockets: after this lend did I/O)."""
-        broken = False
-        if exc is not None:
-            if self._sockets:
-                broken = conn._used()
-            if not self._sockets or broken:
-                try:
-                    broken = self.options.is_broken(exc)
-                except Exception as error:  # noqa: BLE001 - a failing predicate: state unknown
-                    self._hub.report("warning", "broken_on_failed", error=repr(error))
-                    broken = True
-        self.put(conn, broken=broken)
+        exception ``broken_on`` accepts (for sockets: after this lend did I/O).
+        Interrupted anywhere after its first instruction, it still gives the member
+        back (broken: the block's state is unknown)."""
+        slot = None
+        seq = -1
+        try:
+            slot = self._slot_of(conn)
+            if slot is not None:
+                seq = slot.seq  # the lend being returned, before put can end it
+            broken = False
+            if exc is not None:
+                if self._sockets:
+                    broken = conn._used()
+                if not self._sockets or broken:
+                    try:
+                        broken = self.options.is_broken(exc)
+                    except Exception as error:  # noqa: BLE001 - a failing predicate
+                        self._hub.report("warning", "broken_on_failed", error=repr(error))
+                        broken = True
+            self.put(conn, broken=broken)
+        except BaseException:
+            self._finish_put(conn, slot, seq, True)
+            raise
 
     def connection(
         self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False

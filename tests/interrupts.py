@@ -58,16 +58,19 @@ Not covered, and known:
   raised as the call starts, before it takes effect (``waits`` is a
   predicate for lock waits, sleeps and selects; use it only where those
   calls really wait). The others are not modelled.
-- Only the calling thread. Frames that run while the trace function runs (a
-  ``__del__`` it triggers) are not seen. CPython 3.11 only
-  (``HarnessError`` elsewhere): 3.12 inlines ``CALL_FUNCTION_EX`` of Python
-  functions and has no conditional backward jumps, 3.13 also inlines class
-  calls once specialized, and the frame layout differs.
+- Only the calling thread. The cyclic garbage collector is off during a run
+  (the finalizers and weakref callbacks it runs would come at moments that
+  differ from run to run); frames that run while the trace function runs are
+  not seen.
+- CPython 3.11 only (``HarnessError`` elsewhere): 3.12 inlines
+  ``CALL_FUNCTION_EX`` of Python functions and has no conditional backward
+  jumps, 3.13 also inlines class calls once specialized, and the frame layout
+  differs.
 - ``sys.settrace`` has one slot per thread: during a run the harness
-  replaces any tracer (coverage's) and restores it afterwards, so coverage
-  misses what runs inside, and a debugger and the harness do not mix. Under
-  ``coverage run``, run the tests that use the harness in a child process
-  (``subprocess`` with ``sys.executable``), as
+  replaces any tracer (coverage's) and suspends any profiler, and restores
+  both afterwards, so coverage misses what runs inside, and a debugger and
+  the harness do not mix. Under ``coverage run``, run the tests that use the
+  harness in a child process (``subprocess`` with ``sys.executable``), as
   ``tests/test_interrupts_harness.py`` does.
 - ``run_interrupted`` decides in one run. When it must arm the exception
   before a call that then fails, or before a Python callee that ``include``
@@ -82,14 +85,15 @@ Not covered, and known:
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import dis
 import enum
 import functools
+import gc
 import sys
 import threading
 import types
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -250,6 +254,8 @@ def run_interrupted(
     returned normally) and ``NOT_REACHED`` (``run()`` finished with fewer
     points; nothing was raised). Any other exception from ``run()`` propagates.
     """
+    if point < 0:
+        raise ValueError(f"point must be >= 0, not {point}")
     session = _Session(include=include, blocking=blocking, exc=exc, target=point)
     return session.interrupted(run, point)
 
@@ -344,7 +350,7 @@ class _Instr:
 class _Code:
     """The instructions of a code object by the offset of their opcode event."""
 
-    __slots__ = ("__weakref__", "at", "filename", "function")
+    __slots__ = ("at", "filename", "function")
 
     def __init__(self, code: types.CodeType) -> None:
         self.filename = code.co_filename
@@ -377,13 +383,25 @@ class _Code:
             prefixes.clear()
 
 
-_codes: weakref.WeakKeyDictionary[types.CodeType, _Code] = weakref.WeakKeyDictionary()
+# By identity (code objects that compare equal may come from different files), holding the
+# code objects, and bounded. Not weak references: their callbacks would run Python code at any
+# moment the collector frees a code object, inside the runs being counted.
+_codes: collections.OrderedDict[int, tuple[types.CodeType, _Code]] = collections.OrderedDict()
+_codes_lock = threading.Lock()
+_CODES_KEPT = 4096
 
 
 def _code(code: types.CodeType) -> _Code:
-    info = _codes.get(code)
-    if info is None:
-        info = _codes[code] = _Code(code)
+    with _codes_lock:
+        entry = _codes.get(id(code))
+        if entry is not None and entry[0] is code:
+            _codes.move_to_end(id(code))
+            return entry[1]
+    info = _Code(code)
+    with _codes_lock:
+        _codes[id(code)] = (code, info)
+        if len(_codes) > _CODES_KEPT:
+            _codes.popitem(last=False)
     return info
 
 
@@ -551,19 +569,19 @@ def _subscript_caller(func: Callable[[object], object]) -> dict[object, object]:
     return cls()
 
 
+Sig = tuple[str, object, int]  # a trace callback: (event, code, f_lasti)
+Expect = Callable[[types.FrameType, int], "Point | None"]
+
+
 @dataclass(frozen=True)
 class _Mark:
     """A recorded point and the trace callbacks around its check (for replay)."""
 
     point: Point
     before: int  # index of the last trace callback before the check
-    before_sig: tuple[str, object, int] | None
+    before_sig: Sig | None
     after: int  # index of the first trace callback after the check
-    after_sig: tuple[str, object, int]
-
-
-Sig = tuple[str, object, int]  # a trace callback: (event, code, f_lasti)
-Expect = Callable[[types.FrameType, int], "Point | None"]
+    after_sig: Sig
 
 
 class _Session:
@@ -608,16 +626,27 @@ class _Session:
     # -- running -----------------------------------------------------------------------------
 
     def execute(self, run: Callable[[], object]) -> None:
-        """Run ``run()`` traced; the previous tracer is back on every path."""
-        previous = sys.gettrace()
+        """Run ``run()`` traced; the tracer, profiler and collector are back on every path.
+
+        A profiler is off meanwhile: it would run Python code (its ``c_call`` callback)
+        between a ``CALL`` and the call's check, where an armed exception is raised. The
+        collector is off too: the finalizers and weakref callbacks it runs would add points
+        at moments that differ from one run to the next.
+        """
+        previous, profiler, collecting = sys.gettrace(), sys.getprofile(), gc.isenabled()
         self.home = sys._getframe()
         self.active = True
+        gc.disable()
+        sys.setprofile(None)
         sys.settrace(self.on_call)
         try:
             run()
         finally:
             self.active = False
             sys.settrace(previous)
+            sys.setprofile(profiler)
+            if collecting:
+                gc.enable()
             self.home = None
             if self.error is not None:
                 raise HarnessError(self.error)
@@ -634,6 +663,8 @@ class _Session:
                     " check (a call failed, or an excluded frame checked first); use"
                     " each_interrupt, which records the run first"
                 ) from e
+            if self.injected is not None:
+                e.add_note(f"raised by run() after the interrupt at {self.landed}")
             raise
         if self.injected is not None:
             return Interrupted(index, Outcome.SWALLOWED, self.landed, self.injected, run)
@@ -708,13 +739,22 @@ class _Session:
             tracer.jump = ins
             # An exact raise needs the check's own handler: arm it when the jump will be taken.
             aim = self.target == self.count and (ins.risky or ins.opname == "JUMP_BACKWARD")
-            if aim and _taken(frame, ins):
+            try:
+                taken = aim and _taken(frame, ins)
+            except HarnessError as e:
+                self.fail(str(e))
+                return
+            if taken:
                 self.arm_at(frame, ins, None)
 
     def calling(
         self, tracer: _FrameTracer, frame: types.FrameType, ins: _Instr, index: int, sig: Sig
     ) -> None:
-        func, bound_to = _callee(frame, ins)
+        try:
+            func, bound_to = _callee(frame, ins)
+        except HarnessError as e:
+            self.fail(str(e))
+            return
         if ins.opname == "CALL" and type(func) is types.FunctionType:
             return  # CALL runs it inlined: no check when it returns (its entry is a point)
         callee = _describe(func)
