@@ -273,18 +273,19 @@ class PoolCore(Generic[S, W]):
         slot.idle_since = now
         if now >= slot.slow_at:
             return self._give_back_slow(slot, now)
-        due = now + self.review_after
-        expires = slot.expires_at
-        if expires < due:  # noqa: PLR1730 - not min(): no call here (see the module docstring)
-            due = expires
-        slot.due_at = due
+        if self.timed:  # untimed, ``due_at`` stays +inf (see ``timed``)
+            due = now + self.review_after
+            expires = slot.expires_at
+            if expires < due:  # noqa: PLR1730 - not min(): no call here (see the docstring)
+                due = expires
+            slot.due_at = due
         waiters = self.waiters
         if waiters:
             waiter = waiters[0]  # no call until it is served (see the module docstring)
             del waiters[0]
             waiter.slot = slot
             slot.seq += 1
-            slot.pending = now >= due
+            slot.pending = now >= slot.due_at
             self.wait_time += now - waiter.since
             return waiter
         slot.state = IDLE

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from ._address import AddressLike, format_address, parse_address
 from ._config import Options, check_bool, check_size, check_timeout
 from ._conn import PersistentConn
-from ._core import CHECK, DIAL, DRAIN, LENT, PoolCore, Slot
+from ._core import CHECK, DIAL, LENT, PoolCore, Slot
 from ._errors import DialError, PoolClosed, PoolTimeout
 from ._hooks import HookConnector
 from ._hub import Connector, Hub, Waiter, format_stack
@@ -357,46 +357,43 @@ class Pool(Generic[T]):
         ``ValueError`` for another pool's member or one that is not lent (put
         twice); the pool is unchanged.
         """
+        if broken is not False and broken is not True:
+            raise TypeError(f"broken: expected True or False, got {broken!r}")
+        # Checks with no call in them come first: an interrupt cannot land in them, and a
+        # misuse raises with the pool as it was. (Between here and ``try`` no call either.)
         slot: Any = None
-        seq = -1
-        checked = False  # the arguments are good: from here on, an error finishes the put
+        if self._sockets:
+            if conn.__class__ is not PersistentConn:
+                raise TypeError(f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}")
+            slot = conn
+            if slot._hub is not self._hub:
+                raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
+        seq = -1 if slot is None else slot.seq
         lock = self._lock
         try:
-            if broken is not False:
-                check_bool("broken", broken)
-            if self._sockets:
-                if conn.__class__ is not PersistentConn:
-                    raise TypeError(
-                        f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}"
-                    )
-                if conn._hub is not self._hub:  # type: ignore[attr-defined]
-                    raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
-                slot = conn
-                seq = slot.seq
-                checked = True
-                slot._io = None  # the next lend's first operation probes the socket again
-                if slot._dirty and not slot._end_lend():
-                    broken = True
-            else:
+            if slot is None:  # a client: found by identity
                 slot = self._core.by_conn.get(id(conn))
                 if slot is None or slot.conn is not conn:
+                    slot = None
                     raise ValueError(
                         f"conn: {type(conn).__name__} object at {id(conn):#x} was not lent "
                         f"by {self!r} (or was put back already)"
                     )
                 seq = slot.seq
-                checked = True
+            else:
+                slot._io = None  # the next lend's first operation probes the socket again
+                if slot._dirty and not slot._end_lend():
+                    broken = True
             if broken:
                 with lock:
                     if slot.state is LENT and slot.seq == seq:
                         self._core.broke(slot)
                 self._hub.drain()
-            waiter = None
             try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
                 lock.acquire()
                 waiter = self._core.give_back(slot, self._clock())
-                if waiter is not None and waiter is not DRAIN:
-                    waiter.lock.release()
+                if waiter is not None:
+                    self._hub.wake(waiter)
             finally:
                 try:
                     lock.release()
@@ -405,9 +402,9 @@ class Pool(Generic[T]):
             if waiter is not None:
                 self._hub.drain()
         except BaseException as exc:
-            if not checked and isinstance(exc, (TypeError, ValueError)):
-                raise  # bad arguments: the pool is as it was
-            self._finish_put(conn, slot, seq, bool(broken))
+            if slot is None and isinstance(exc, ValueError):
+                raise  # not a member of this pool: the pool is as it was
+            self._finish_put(conn, slot, seq, broken)
             raise
 
     def _finish_put(self, conn: Any, slot: Any, seq: int, broken: bool) -> None:

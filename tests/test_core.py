@@ -1476,6 +1476,7 @@ class ClientPoolModel(RuleBasedStateMachine):
             assert slot.state is LENT
             assert slot not in self.held, "lent to two callers"
             if self.prepare(slot, fresh=fresh, ok=ok):
+                assert slot.expires_at > self.now, "lent past its lifetime"
                 self.held.append(slot)
             else:
                 pending.extend(self.served(self.pool.give_back(slot, self.now)))
@@ -1532,7 +1533,10 @@ class ClientPoolModel(RuleBasedStateMachine):
         if broken:
             core.broke(slot)
             assert slot.conn is None
+        conn, expired = slot.conn, self.now >= slot.expires_at
         result = core.give_back(slot, self.now)
+        if expired:
+            assert conn in core.doomed, "kept past its lifetime"
         if core.closed:
             assert result is DRAIN
             assert slot.conn is None
@@ -1601,7 +1605,9 @@ class ClientPoolModel(RuleBasedStateMachine):
         if kind == CHECK:
             core.check_begins(slot)
             if broke:
+                broken, check = core.broken, core.closed_by["check"]
                 core.broke(slot)
+                assert (core.broken, core.closed_by["check"]) == (broken, check + 1)
                 ok = False
             core.checked(slot, self.now, ok, hook_failed=not ok and not broke)
             assert not core.checking
@@ -1634,6 +1640,32 @@ class ClientPoolModel(RuleBasedStateMachine):
         assert core.close() == []
         assert not core.idle
         self.settle()
+
+    def teardown(self) -> None:
+        """Close, then give everything back: every connection made is closed exactly once."""
+        if self.core is None:
+            return
+        core = self.core
+        for waiter in core.close():
+            waiter.closed = True
+        for waiter in self.queued:
+            assert core.cancel(waiter, self.now, timed_out=False) is False
+        for slot in self.held:
+            assert core.give_back(slot, self.now) is DRAIN
+        for kind, slot in self.tasks:
+            if kind == CHECK:
+                core.checked(slot, self.now, True)
+                assert core.restore(slot, self.now) is None
+            else:
+                assert not self.dial(slot, True)
+                assert core.restore(slot, self.now, dialled=True) is None
+        self.settle()
+        assert not core.waiters
+        assert not core.extra
+        assert core.connected == 0
+        assert core.busy_dials == 0
+        assert self.doomed == set(self.attached)
+        assert all(slot.state is IDLE for slot in core.members)
 
     # -- invariants --
 
