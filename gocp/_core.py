@@ -33,11 +33,13 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._backoff import Backoff
-from ._config import Options
 from ._errors import DialError, PoolClosed, PoolTimeout
+
+if TYPE_CHECKING:
+    from ._config import Options
 
 __all__ = [
     "BUSY",
