@@ -114,6 +114,14 @@ class Backoff:
         if started is None or started == self.probe_started:
             self.probe_until = float("-inf")
 
+    def blocked(self, now: float) -> float:
+        """Seconds before ``begin`` would let a dial go ahead (a window, or a probe's lease);
+        0.0: now. Asks without taking the probe."""
+        wait = self.wait(now)
+        if wait > 0 or _no_wait or not self.failures:
+            return wait
+        return max(0.0, self.probe_until - now)
+
     def wait(self, now: float) -> float:
         """Seconds before a dial may be attempted (0.0: dial now)."""
         if _no_wait:

@@ -114,7 +114,7 @@ class Slot:
         self.expires_at = _INF  # end of the current connection's lifetime
         self.checked_at = -_INF  # last time a check found the connection good
         self.idle_since = -_INF  # last put back (stats: last_used_at)
-        self.lent_at = -_INF  # when lent (kept with leak_timeout only)
+        self.lent_at = -_INF  # when lent (0.0 in an untimed pool: only leak_timeout reads it)
         self.due_at = _INF  # from then on a lend must review the slot (see PoolCore.lend)
         self.slow_at = _INF  # from then on a give_back takes the slow path
         self.pending = False  # the lend that took it must call PoolCore.prepare
@@ -185,7 +185,8 @@ class PoolCore(Generic[S, W]):
         self.doomed: deque[Any] = deque()  # connections to close, outside the lock
         self.released: list[Any] = []  # inherited connections dropped without I/O (fork)
         self.by_conn: dict[int, S] = {}  # id(connection) -> slot, for put(client)
-        self.connected = 0
+        self.connected = 0  # members with a connection (overflow ones are not members)
+        self.overflow_made = 0
         self.busy_dials = 0  # background dials in flight
         self.checking: dict[S, None] = {}  # slots whose check runs now
         # counters (lends: the slots' seq, plus retired overflow slots')
@@ -217,17 +218,20 @@ class PoolCore(Generic[S, W]):
             del idle[0]
             slot.state = LENT
             slot.seq += 1
+            slot.lent_at = now
             slot.pending = now >= slot.due_at
             return slot
         if self.closed:
             raise PoolClosed(f"pool {self.label} is closed")
         if len(self.extra) < self.max_overflow and not self.waiters:
-            slot = self.make_overflow(len(self.members) + len(self.extra))
+            self.overflow_made += 1
+            slot = self.make_overflow(len(self.members) + self.overflow_made - 1)
             slot.slow_at = -_INF  # its give_back closes it (or hands it to a waiter)
             slot.due_at = -_INF if self.dial_in_lend or self.review_after == -_INF else _INF
             slot.state = LENT
             self.extra[slot] = None
             slot.seq += 1
+            slot.lent_at = now
             slot.pending = now >= slot.due_at
             return slot
         return None
@@ -287,6 +291,7 @@ class PoolCore(Generic[S, W]):
             del waiters[0]
             waiter.slot = slot
             slot.seq += 1
+            slot.lent_at = now
             slot.pending = now >= slot.due_at
             self.wait_time += now - waiter.since
             return waiter
@@ -299,6 +304,8 @@ class PoolCore(Generic[S, W]):
         pool, one holding an inherited connection, a client slot with no client, or one
         whose check was interrupted."""
         self.checking.pop(slot, None)
+        if slot.inherited:  # the parent's: dropped, never closed here
+            self._release(slot)
         if self.closed:
             self.doom(slot, None)
             if slot.overflow:
@@ -306,9 +313,7 @@ class PoolCore(Generic[S, W]):
             else:
                 slot.state = IDLE  # not in ``idle``: a closed pool lends nothing
             return DRAIN  # type: ignore[no-any-return]
-        if slot.inherited:
-            self._release(slot)
-        elif now >= slot.expires_at:
+        if now >= slot.expires_at:
             self.doom(slot, "lifetime")
         self._schedule(slot)
         if self.waiters:
@@ -333,6 +338,7 @@ class PoolCore(Generic[S, W]):
         waiter.slot = slot
         slot.state = LENT
         slot.seq += 1
+        slot.lent_at = now
         slot.pending = now >= slot.due_at
         self.wait_time += now - waiter.since
         return waiter
@@ -360,12 +366,9 @@ class PoolCore(Generic[S, W]):
 
         A connection past its lifetime, idle longer than ``idle_timeout`` (while
         more than ``min_idle`` are connected) or to be replaced (``fresh``) is
-        moved to ``doomed`` first. With ``leak_timeout`` it records when the
-        lend began.
+        moved to ``doomed`` first.
         """
-        if slot.pending:
-            slot.pending = False
-            slot.lent_at = now
+        slot.pending = False
         if slot.conn is not None:
             idle_since = max(slot.idle_since, slot.connected_at)
             if fresh:
@@ -408,7 +411,8 @@ class PoolCore(Generic[S, W]):
             return
         key = id(conn)
         slot.conn = None  # from here to the append, no call: an interrupt cannot split them
-        self.connected -= 1
+        if not slot.overflow:
+            self.connected -= 1
         slot.expires_at = _INF
         if reason is not None:
             self.closed_by[reason] += 1
@@ -426,7 +430,8 @@ class PoolCore(Generic[S, W]):
             return
         key = id(conn)
         slot.conn = None  # from here to the append, no call (see doom)
-        self.connected -= 1
+        if not slot.overflow:
+            self.connected -= 1
         slot.expires_at = _INF
         del self.by_conn[key]
         self.released.append(conn)
@@ -436,6 +441,9 @@ class PoolCore(Generic[S, W]):
         """The holder's I/O failed, or it put the slot back broken: doom its connection.
         I/O that fails during a check (``checking``) is that check failing."""
         if slot.conn is None:
+            return
+        if slot.inherited:  # the parent's: dropped, never closed here
+            self._release(slot)
             return
         if slot in self.checking:
             self.doom(slot, "check")
@@ -449,11 +457,20 @@ class PoolCore(Generic[S, W]):
             self.stale += 1
             self.doom(slot, None)
 
+    def holds(self, conn: Any) -> bool:
+        """Whether ``conn`` is already some slot's connection (a dial hook that hands out
+        one client twice)."""
+        return id(conn) in self.by_conn
+
     def attach(self, slot: S, conn: Any, now: float) -> None:
-        """A dial made ``conn`` for ``slot`` (lent or busy)."""
+        """A dial made ``conn`` for ``slot`` (lent or busy). Raises ``ValueError`` if another
+        slot holds ``conn`` already (the shell checks ``holds`` first)."""
         key = id(conn)  # first: from ``slot.conn = conn`` to the map's entry, no call
+        if key in self.by_conn:
+            raise ValueError(f"{self.describe(slot)}: this connection is another slot's")
         slot.conn = conn
-        self.connected += 1
+        if not slot.overflow:
+            self.connected += 1
         self.by_conn[key] = slot
         slot.connected_at = slot.checked_at = now
         slot.base = slot.seq - (1 if slot.state is LENT else 0)
@@ -557,7 +574,7 @@ class PoolCore(Generic[S, W]):
                 due = min(due, slot.expires_at, checked, expiry)
         missing = self.min_idle - self.connected - self.busy_dials
         if missing > 0:
-            wait = self.backoff.wait(now)
+            wait = self.backoff.blocked(now)
             if wait > 0:
                 due = min(due, now + wait)
             else:

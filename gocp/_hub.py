@@ -135,6 +135,18 @@ class Hub:
                 )
                 raise error from exc
             with lock:
+                if core.holds(conn):  # not ours to close: another slot uses it
+                    error = core.dial_failed(
+                        self.clock(),
+                        started,
+                        TypeError(
+                            f"dial hook {self.connector.label} returned a client the pool "
+                            "already holds; it must make a new one each time"
+                        ),
+                    )
+                    done = True
+                    conn = None
+                    raise error
                 failures = core.dial_succeeded()
                 core.attach(slot, conn, self.clock())
                 done = True

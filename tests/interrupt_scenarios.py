@@ -88,8 +88,9 @@ def check(
         if slot.state is IDLE and not closed and id(slot) not in idle_ids:
             problems.append(f"member {slot.index} is idle but not lendable")
     attached = [s for s in (*core.members, *core.extra) if s.conn is not None]
-    if core.connected != len(attached):
-        problems.append(f"connected says {core.connected}, {len(attached)} slots hold one")
+    members = sum(1 for s in core.members if s.conn is not None)
+    if core.connected != members:
+        problems.append(f"connected says {core.connected}, {members} members hold one")
     if sorted(core.by_conn) != sorted(id(s.conn) for s in attached):
         problems.append("the connection map disagrees with the slots")
     if problems or closed:
