@@ -48,6 +48,7 @@ __all__ = [
     "DRAIN",
     "GONE",
     "IDLE",
+    "LEAK",
     "LENT",
     "PoolCore",
     "Slot",
@@ -72,6 +73,7 @@ IDLE, LENT, BUSY, GONE = SlotState.IDLE, SlotState.LENT, SlotState.BUSY, SlotSta
 #: Actions a lent or busy slot needs before use (``PoolCore.prepare``).
 CHECK = "check"  # run the check hook on its connection
 DIAL = "dial"  # make a connection now (client pools, or get(connect=True))
+LEAK = "leak"  # (a maintain task) report a lend held past leak_timeout
 
 
 class Slot:
@@ -536,7 +538,7 @@ class PoolCore(Generic[S, W]):
 
         Returns tasks ``(CHECK, slot)`` and ``(DIAL, slot)`` for busy slots
         (report each with ``checked``/``attach`` then ``restore``) and
-        ``("leak", slot)`` for lent slots held past ``leak_timeout`` (counted
+        ``(LEAK, slot)`` for lent slots held past ``leak_timeout`` (counted
         here, reported once per lend); closes what expired (``doomed``).
         """
         tasks: list[tuple[str, S]] = []
@@ -551,7 +553,7 @@ class PoolCore(Generic[S, W]):
                 if now >= at:
                     slot.reported = slot.seq
                     self.leaks += 1
-                    tasks.append(("leak", slot))
+                    tasks.append((LEAK, slot))
                 else:
                     due = min(due, at)
         for slot in list(self.idle):
@@ -667,8 +669,18 @@ class PoolCore(Generic[S, W]):
         kind = "overflow connection" if slot.overflow else "member"
         return f"{kind} #{slot.index} of {self.label}"
 
-    def exhausted(self, timeout: float, now: float, where: Callable[[Any], str]) -> PoolTimeout:
-        """The ``PoolTimeout`` for a ``get`` that waited ``timeout``: says why."""
+    def hook_failed(self) -> None:
+        """A close hook (or a client's ``close()``) raised: count it."""
+        self.hook_failures += 1
+
+    def exhausted(
+        self, timeout: float, now: float, where: Callable[[Any], str], *, count: bool = False
+    ) -> PoolTimeout:
+        """The ``PoolTimeout`` for a ``get`` that waited ``timeout``: says why. ``count``: a
+        ``get(timeout=0)`` that found nothing, counted here (a queued one is counted by
+        ``cancel``)."""
+        if count:
+            self.timeouts += 1
         lent = sum(1 for _ in self._lent())
         text = (
             f"no member of {self.label} became free within {timeout}s: "

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._core import BUSY, CHECK, DIAL, DRAIN, IDLE, LENT, PoolCore, Slot
+from ._core import BUSY, CHECK, DIAL, DRAIN, IDLE, LEAK, LENT, PoolCore, Slot
 from ._errors import ConnectionBroken, DialError, PoolClosed
 from ._log import EventLog
 
@@ -208,7 +208,7 @@ class Hub:
             self.connector.close(conn)
         except Exception as exc:  # noqa: BLE001 - a user hook or close(): report, go on
             with self.lock:
-                self.core.hook_failures += 1
+                self.core.hook_failed()
             self.report("warning", "close_failed", error=_describe(exc))
 
     def broke(self, slot: Slot, op: str, exc: BaseException) -> None:
@@ -258,7 +258,7 @@ class Hub:
                     pass  # reported by dial; the backoff decides when to try again
                 finally:
                     self._restore(slot, dialled=True)
-            else:  # a leak
+            elif kind == LEAK:
                 self.report(
                     "warning",
                     "leak",

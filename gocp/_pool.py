@@ -216,8 +216,7 @@ class Pool(Generic[T]):
                 slot = core.lend(self._clock() if core.timed else 0.0)
                 if slot is None:
                     if timeout == 0:
-                        core.timeouts += 1
-                        raise core.exhausted(0.0, self._clock(), format_stack)
+                        raise core.exhausted(0.0, self._clock(), format_stack, count=True)
                     spare = self._spare_waiters
                     waiter = spare.pop() if spare else Waiter()
                     core.enqueue(waiter, self._clock())

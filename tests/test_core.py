@@ -8,7 +8,6 @@ dialled connection, report a check with ``checked``, drain ``doomed``).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -274,7 +273,7 @@ def test_a_stale_put_of_a_retired_overflow_slot_serves_no_waiter() -> None:
     retired = core.lend(0.0)
     assert retired is not None
     core.give_back(retired, 1.0)
-    current = core.lend(2.0)
+    assert core.lend(2.0) is not None  # a new overflow slot
     waiter = Waiter()
     core.enqueue(waiter, 2.0)
     with pytest.raises(ValueError, match="overflow connection #1 of t is not lent"):
@@ -283,7 +282,6 @@ def test_a_stale_put_of_a_retired_overflow_slot_serves_no_waiter() -> None:
     assert list(core.waiters) == [waiter]
     assert core.lends == 3
     assert core.give_back(a, 4.0) is waiter
-    assert current is not None
 
 
 def test_lends_and_uses_count_lends_of_the_current_connection() -> None:
@@ -743,36 +741,33 @@ def test_leak_timeout_makes_every_lend_pending_and_reports_each_lend_once() -> N
     assert core.leaks == 3
 
 
-def test_a_connected_member_is_pending_with_leak_timeout() -> None:
+def test_with_leak_timeout_a_connected_member_is_pending_and_timed_from_its_lend() -> None:
     core = make_core(1, leak_timeout=10.0)
     (a,) = core.members
     get(core, 0.0)
     core.give_back(a, 1.0)
     assert core.lend(1.0) is a
-    assert a.pending is True
+    assert a.pending is True  # reviewed (the shell records where it was taken)
+    assert a.lent_at == 1.0
     assert core.prepare(a, 2.0) is None
-    assert a.lent_at == 2.0
+    assert a.lent_at == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core defect: maintain() reads slot.lent_at for every LENT slot, but lent_at is only "
-        "set by prepare(); between lend()/give_back()/restore() handing a slot out and its "
-        "holder calling prepare() (the threaded shell releases the lock in between), the "
-        "slot carries the previous lend's lent_at (or -inf), so the new lend is reported "
-        "(and counted) as a leak at once"
-    ),
-)
-def test_maintain_does_not_report_a_lend_before_prepare_recorded_it() -> None:
+def test_maintain_does_not_report_a_lend_before_prepare_ran() -> None:
+    """The shell prepares a slot after releasing its lock: a background pass in between
+    sees the new lend, not the previous one."""
     core = make_core(1, leak_timeout=10.0)
     (a,) = core.members
     assert core.lend(0.0) is a  # first lend; its holder has not called prepare yet
-    assert core.maintain(0.0)[0] == []
+    assert core.maintain(0.0) == ([], 10.0)
     core.prepare(a, 0.0)
     core.give_back(a, 5.0)
     assert core.lend(100.0) is a  # lent again, long after the previous lend began
-    assert core.maintain(100.0)[0] == []
+    assert core.maintain(100.0) == ([], 110.0)
+    waiter = Waiter()
+    core.enqueue(waiter, 100.0)
+    assert core.give_back(a, 200.0) is waiter  # served: a lend too
+    assert core.maintain(200.0) == ([], 210.0)
     assert core.leaks == 0
 
 
@@ -902,6 +897,7 @@ def test_overflow_given_back_goes_to_the_first_waiter_with_its_connection() -> N
     assert not core.doomed
     assert list(core.extra) == [overflow]
     assert core.uses(overflow) == 2
+    assert core.connected == 0  # the member was never dialled; overflow is not a member
 
 
 def test_overflow_given_back_without_waiters_is_closed_and_retired() -> None:
@@ -936,14 +932,6 @@ def test_overflow_without_connection_is_retired_without_counting_a_close() -> No
     assert core.closed_by["overflow"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core defect: lend() numbers an overflow slot len(members) + len(extra), so after "
-        "one is retired the next reuses the index of one still open; describe() and log "
-        "events (member=index) then name two open connections alike"
-    ),
-)
 def test_open_overflow_slots_have_distinct_indices() -> None:
     core = make_core(1, max_overflow=2)
     core.lend(0.0)
@@ -954,7 +942,8 @@ def test_open_overflow_slots_have_distinct_indices() -> None:
     core.give_back(first, 1.0)  # retired
     third = core.lend(2.0)
     assert third is not None
-    assert core.describe(third) != core.describe(second)
+    assert (first.index, second.index, third.index) == (1, 2, 3)
+    assert core.describe(third) == "overflow connection #3 of t"
 
 
 def test_overflow_connection_past_max_lifetime_is_not_handed_to_a_waiter() -> None:
@@ -975,51 +964,41 @@ def test_overflow_connection_past_max_lifetime_is_not_handed_to_a_waiter() -> No
     assert core.prepare(overflow, 20.0) == DIAL
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core defect: PoolCore.connected counts overflow connections, and idle_timeout "
-        "(maintain and prepare) and min_idle dialling compare it with min_idle, which "
-        "counts members: while overflow connections are open, idle members are closed "
-        "below min_idle connected members (and are not redialled)"
-    ),
-)
 def test_idle_timeout_keeps_min_idle_members_connected_while_overflow_is_open() -> None:
     core = make_core(2, min_idle=2, max_overflow=1, idle_timeout=5.0)
     a, _ = core.members
     get(core, 0.0)
     get(core, 0.0)
-    get(core, 0.0)  # an overflow slot, connected
+    overflow = get(core, 0.0)
+    assert overflow.conn is not None
     core.give_back(a, 1.0)
-    assert core.connected == 3
+    assert core.connected == 2  # members only: overflow connections are not members
+    assert core.ready is True
     tasks, _ = core.maintain(10.0)
     assert drain(core) == []  # a and b are the only connected members: min_idle=2
     assert a.conn is not None
     assert tasks == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core defect: attach() accepts a connection object already attached to another slot "
-        "(a dial hook returning a cached client); by_conn keeps one entry for both, so the "
-        "second doom() fails at 'del self.by_conn[key]' (KeyError): close() raises halfway, "
-        "leaving a closed pool whose members are still in idle, and every retry raises again"
-    ),
-)
-def test_one_connection_attached_to_two_slots_does_not_break_close() -> None:
+def test_attach_refuses_a_connection_another_slot_holds() -> None:
+    """A dial hook that hands out one cached client twice: the second attach is refused
+    and changes nothing, so the client is closed once."""
     core = make_core(2)
     a, b = core.members
     shared = Conn()
     core.lend(0.0)
     core.lend(0.0)
+    assert core.holds(shared) is False
     core.attach(a, shared, 0.0)
-    with contextlib.suppress(ValueError):  # refusing the second attach would do too
+    assert core.holds(shared) is True
+    with pytest.raises(ValueError, match="member #1 of t: this connection is another slot's"):
         core.attach(b, shared, 0.0)
+    assert (b.conn, core.connected, core.by_conn) == (None, 1, {id(shared): a})
     core.give_back(a, 1.0)
     core.give_back(b, 1.0)
     core.close()
-    assert drain(core) == [shared]  # closed once
+    assert drain(core) == [shared]
+    assert core.holds(shared) is False
     assert not core.idle
 
 
@@ -1093,15 +1072,6 @@ def test_dial_begin_on_a_closed_pool_raises() -> None:
     assert core.dials == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core defect: maintain() gates min_idle dials on backoff.wait(now) only, which "
-        "ignores a probe holding its lease; it hands out DIAL tasks that dial_begin() "
-        "refuses, and since Hub._restore -> drain() wakes the worker when min_idle is set "
-        "the background thread spins until the lease ends"
-    ),
-)
 def test_maintain_does_not_dial_for_min_idle_while_a_probe_holds_the_lease() -> None:
     core = make_core(2, random=0.0, probe_lease=2.0, min_idle=1, retry_min=1.0, retry_max=4.0)
     a, _ = core.members
@@ -1112,6 +1082,7 @@ def test_maintain_does_not_dial_for_min_idle_while_a_probe_holds_the_lease() -> 
     core.restore(a, 0.0, dialled=True)
     assert core.dial_begin(1.0) == 0.0  # a get() probes, holding the lease until 3.0
     assert core.maintain(1.5) == ([], 3.0)
+    assert core.maintain(3.0) == ([(DIAL, core.members[1])], INF)  # the lease ran out
 
 
 # -- 6. close ---------------------------------------------------------------------------
@@ -1325,14 +1296,6 @@ def test_after_fork_of_a_closed_pool_lends_nothing() -> None:
     assert not core.idle
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core defect: _give_back_slow tests self.closed before slot.inherited, so a client "
-        "lent when the parent closed the pool and forked is doomed (the child runs the close "
-        "hook on the parent's client) when the child puts it back, instead of released"
-    ),
-)
 def test_an_inherited_client_put_back_to_a_closed_pool_is_released_not_closed() -> None:
     core = make_core(1)
     (a,) = core.members
@@ -1345,14 +1308,6 @@ def test_an_inherited_client_put_back_to_a_closed_pool_is_released_not_closed() 
     assert core.released == [conn]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core defect: after after_fork(release_lent=False), broke() on a lent inherited "
-        "slot dooms its connection (the shell closes it, running the close hook in the "
-        "child on the parent's client) instead of releasing it as give_back() would"
-    ),
-)
 def test_a_broken_inherited_client_is_released_not_closed() -> None:
     core = make_core(1)
     (a,) = core.members
@@ -1360,9 +1315,12 @@ def test_a_broken_inherited_client_is_released_not_closed() -> None:
     conn = a.conn
     core.after_fork(release_lent=False)
     core.broke(a)  # put(client, broken=True) in the child
-    core.give_back(a, 1.0)
-    assert drain(core) == []
     assert core.released == [conn]
+    assert a.conn is None
+    assert core.give_back(a, 1.0) is None
+    assert drain(core) == []
+    assert core.lend(2.0) is a
+    assert core.prepare(a, 2.0) == DIAL
 
 
 # -- 8. a model of a client pool --------------------------------------------------------
@@ -1397,6 +1355,7 @@ class ClientPoolModel(RuleBasedStateMachine):
         self.doomed: set[int] = set()
         self.reported: set[tuple[Slot, int]] = set()  # (slot, seq) reported as leaks
         self.lends = self.waits = self.timeouts = self.leaks = 0
+        self.wait_time = 0.0
         self.last: dict[str, float] = {}
         self.serial = itertools.count()
 
@@ -1447,8 +1406,9 @@ class ClientPoolModel(RuleBasedStateMachine):
         assert core.uses(slot) == (1 if slot.state is LENT else 0)
         return True
 
-    def prepare(self, slot: Slot, *, fresh: bool, ok: bool) -> bool:
-        """Review a slot just handed out; False if ``get`` fails (its dial did)."""
+    def prepare(self, slot: Slot, *, fresh: bool, ok: bool, broke: bool) -> bool:
+        """Review a slot just handed out; False if ``get`` fails (its dial did).
+        ``ok``: checks and dials succeed; ``broke``: a failing check's I/O fails."""
         core = self.pool
         if not (slot.pending or fresh):
             return True
@@ -1457,7 +1417,9 @@ class ClientPoolModel(RuleBasedStateMachine):
         if action == CHECK:
             assert slot.conn is not None
             core.check_begins(slot)
-            core.checked(slot, self.now, ok, hook_failed=not ok)
+            if broke and not ok:
+                core.broke(slot)
+            core.checked(slot, self.now, ok, hook_failed=not ok and not broke)
             if ok:
                 return True
             action = core.prepare(slot, self.now)
@@ -1468,14 +1430,16 @@ class ClientPoolModel(RuleBasedStateMachine):
         assert slot.conn is not None
         return True
 
-    def hand_out(self, slot: Slot, *, fresh: bool = False, ok: bool = True) -> None:
+    def hand_out(
+        self, slot: Slot, *, fresh: bool = False, ok: bool = True, broke: bool = False
+    ) -> None:
         """A lent slot reaches its caller; one whose dial fails goes back (maybe to a waiter)."""
         pending = [slot]
         while pending:
             slot = pending.pop()
             assert slot.state is LENT
             assert slot not in self.held, "lent to two callers"
-            if self.prepare(slot, fresh=fresh, ok=ok):
+            if self.prepare(slot, fresh=fresh, ok=ok, broke=broke):
                 assert slot.expires_at > self.now, "lent past its lifetime"
                 self.held.append(slot)
             else:
@@ -1488,6 +1452,7 @@ class ClientPoolModel(RuleBasedStateMachine):
         assert result is self.queued[0], "not the first waiter"
         del self.queued[0]
         self.lends += 1
+        self.wait_time += self.now - result.since
         return [result.slot]
 
     def settle(self) -> None:
@@ -1501,8 +1466,8 @@ class ClientPoolModel(RuleBasedStateMachine):
 
     # -- rules --
 
-    @rule(count=st.integers(1, 4), fresh=st.booleans(), ok=st.booleans())
-    def get(self, count: int, fresh: bool, ok: bool) -> None:
+    @rule(count=st.integers(1, 4), fresh=st.booleans(), ok=st.booleans(), broke=st.booleans())
+    def get(self, count: int, fresh: bool, ok: bool, broke: bool) -> None:
         """``count`` callers call ``get``: each is lent a slot or queues."""
         core = self.pool
         for _ in range(count):
@@ -1521,7 +1486,7 @@ class ClientPoolModel(RuleBasedStateMachine):
             else:
                 assert slot is first or (first is None and slot.overflow)
                 self.lends += 1
-                self.hand_out(slot, fresh=fresh, ok=ok)
+                self.hand_out(slot, fresh=fresh, ok=ok, broke=broke)
             self.settle()
 
     @precondition(lambda self: self.held)
@@ -1567,6 +1532,7 @@ class ClientPoolModel(RuleBasedStateMachine):
         expected = not waiter.closed
         assert self.pool.cancel(waiter, self.now, timed_out=timed_out) is expected
         assert waiter.slot is None
+        self.wait_time += self.now - waiter.since
         if expected and timed_out:
             self.timeouts += 1
 
@@ -1642,13 +1608,17 @@ class ClientPoolModel(RuleBasedStateMachine):
         self.settle()
 
     def teardown(self) -> None:
-        """Close, then give everything back: every connection made is closed exactly once."""
+        """Close (with background checks in flight), then give everything back: every
+        connection made is closed exactly once."""
         if self.core is None:
             return
         core = self.core
+        self.now += 3.0
+        self.maintain()
         for waiter in core.close():
             waiter.closed = True
         for waiter in self.queued:
+            assert waiter.closed
             assert core.cancel(waiter, self.now, timed_out=False) is False
         for slot in self.held:
             assert core.give_back(slot, self.now) is DRAIN
@@ -1714,7 +1684,7 @@ class ClientPoolModel(RuleBasedStateMachine):
         core = self.core
         slots = (*core.members, *core.extra)
         conns = [slot.conn for slot in slots if slot.conn is not None]
-        assert core.connected == len(conns)
+        assert core.connected == sum(1 for slot in core.members if slot.conn is not None)
         assert len(set(map(id, conns))) == len(conns)
         assert core.by_conn == {id(slot.conn): slot for slot in slots if slot.conn is not None}
         for conn in conns:
@@ -1729,6 +1699,7 @@ class ClientPoolModel(RuleBasedStateMachine):
             return
         core = self.core
         assert core.lends == self.lends
+        assert core.wait_time == pytest.approx(self.wait_time)
         assert (core.waits, core.timeouts, core.leaks) == (self.waits, self.timeouts, self.leaks)
         now = {name: getattr(core, name) for name in COUNTERS}
         now.update({f"closed_{reason}": count for reason, count in core.closed_by.items()})
