@@ -50,6 +50,8 @@ __all__ = [
     "IDLE",
     "LEAK",
     "LENT",
+    "SLOW",
+    "WAKE",
     "PoolCore",
     "Slot",
     "SlotState",
@@ -74,6 +76,7 @@ IDLE, LENT, BUSY, GONE = SlotState.IDLE, SlotState.LENT, SlotState.BUSY, SlotSta
 CHECK = "check"  # run the check hook on its connection
 DIAL = "dial"  # make a connection now (client pools, or get(connect=True))
 LEAK = "leak"  # (a maintain task) report a lend held past leak_timeout
+WAKE = "wake"  # (a maintain task) wake a waiter served a slot that came back
 
 
 class Slot:
@@ -138,8 +141,10 @@ class Waiter(Protocol):
 S = TypeVar("S", bound=Slot)
 W = TypeVar("W", bound=Waiter)
 
-#: ``give_back`` returns it when connections wait in ``doomed`` and no waiter was served.
+#: ``give_back_slow`` returns it when connections wait in ``doomed`` and no waiter was served.
 DRAIN: Any = object()
+#: ``give_back`` returns it when the slot must go through ``give_back_slow``, under the lock.
+SLOW: Any = object()
 
 
 class PoolCore(Generic[S, W]):
@@ -202,17 +207,28 @@ class PoolCore(Generic[S, W]):
         for slot in self.members:
             self._schedule(slot)
 
-    # -- lending (hot paths: no call between taking a slot and recording where it went) --
+    # -- lending ------------------------------------------------------------------------
+    #
+    # ``lend`` and ``give_back`` are the uncontended paths: the shells call them WITHOUT the
+    # pool's lock. Each takes a slot (or a waiter) and records where it went with no call
+    # in between, so under CPython's interpreter lock no other thread and no signal
+    # handler can run inside them (see the module docstring); they touch only the ``idle``
+    # and ``waiters`` deques, the slot they move and ``wait_time``. Everything else runs
+    # under the lock and expects them meanwhile: under the lock, ``waiters`` can only
+    # shrink (a give_back serves one) and ``idle`` can change, so a locked method that
+    # takes from either re-checks in the same call-free step.
+    #
+    # No lost wake-up: a give_back that finds no waiter appends to ``idle`` in one step,
+    # and ``enqueue`` looks at ``idle`` once more before it queues, in one step.
 
     def lend(self, now: float) -> S | None:
-        """The slot to lend now, marked lent; ``None`` when the caller must queue.
+        """The idle slot to lend now, marked lent, or ``None``: call ``lend_slow`` then,
+        under the lock. (Safe without the lock; see above.)
 
-        Members are lent in ring order (least recently returned first), as the
-        Go original's channel does, so every connection stays exercised. When
-        every member is lent and ``max_overflow`` allows, a new overflow slot
-        (with no connection) is lent instead. If ``slot.pending`` is set, the
-        caller must call ``prepare`` before handing the slot out. Raises
-        ``PoolClosed`` once the pool is closed.
+        Members are lent in ring order (least recently returned first), as the Go
+        original's channel does, so every connection stays exercised. If
+        ``slot.pending`` is set, the caller must call ``prepare`` before handing the
+        slot out.
         """
         idle = self.idle
         if idle:
@@ -222,6 +238,16 @@ class PoolCore(Generic[S, W]):
             slot.seq += 1
             slot.lent_at = now
             slot.pending = now >= slot.due_at
+            return slot
+        return None
+
+    def lend_slow(self, now: float) -> S | None:
+        """Under the lock, when ``lend`` found nothing: an idle slot after all, or a new
+        overflow slot (with no connection) when every member is lent and
+        ``max_overflow`` allows; ``None``: the caller must ``enqueue``. Raises
+        ``PoolClosed`` once the pool is closed."""
+        slot = self.lend(now)
+        if slot is not None:
             return slot
         if self.closed:
             raise PoolClosed(f"pool {self.label} is closed")
@@ -242,14 +268,28 @@ class PoolCore(Generic[S, W]):
     def lends(self) -> int:
         """Successful lends so far."""
         return (
-            self.retired_lends + sum(s.seq for s in self.members) + sum(s.seq for s in self.extra)
+            self.retired_lends
+            + sum(s.seq for s in self.members)
+            + sum(s.seq for s in list(self.extra))
         )
 
-    def enqueue(self, waiter: W, now: float) -> None:
-        """Queue a caller that found nothing to lend; it is served after those before it."""
+    def enqueue(self, waiter: W, now: float) -> S | None:
+        """Under the lock: queue a caller that found nothing to lend (it is served after
+        those before it), unless a slot came back meanwhile: then it is lent to the
+        caller at once and returned (the waiter is not queued)."""
         waiter.since = now
+        idle = self.idle
+        if idle:  # a give_back without the lock put it there since lend looked
+            slot = idle[0]
+            del idle[0]
+            slot.state = LENT
+            slot.seq += 1
+            slot.lent_at = now
+            slot.pending = now >= slot.due_at
+            return slot
         self.waits += 1
         self.waiters.append(waiter)
+        return None
 
     def cancel(self, waiter: W, now: float, *, timed_out: bool = True) -> bool:
         """Withdraw a waiter (its time ran out, or it was interrupted).
@@ -258,7 +298,7 @@ class PoolCore(Generic[S, W]):
         if waiter.slot is not None:
             return False
         try:
-            self.waiters.remove(waiter)
+            self.waiters.remove(waiter)  # one call: a give_back cannot serve it in between
         except ValueError:  # already withdrawn
             return False
         self.wait_time += now - waiter.since
@@ -270,26 +310,27 @@ class PoolCore(Generic[S, W]):
 
     def give_back(self, slot: S, now: float) -> W | None:
         """Take back a lent slot: hand it to the first waiter (returned) or keep it idle.
+        (Safe without the lock; see above.)
 
-        Returns ``DRAIN`` instead of ``None`` when connections wait in
-        ``doomed`` (the shell closes them): a connection past its lifetime, an
-        overflow connection nobody waits for, or one of a closed pool. Raises
-        ``ValueError`` if the slot is not lent (put twice).
+        Returns ``SLOW`` when the slot needs more than that (a connection past its
+        lifetime, an overflow slot, a slot of a closed pool...): the caller then calls
+        ``give_back_slow`` under the lock. Raises ``ValueError`` if the slot is not lent
+        (put twice).
         """
         if slot.state is not LENT:
             raise ValueError(f"{self.describe(slot)} is not lent (put twice?)")
         slot.idle_since = now
         if now >= slot.slow_at:
-            return self._give_back_slow(slot, now)
+            return SLOW  # type: ignore[no-any-return]
         if self.timed:  # untimed, ``due_at`` stays +inf (see ``timed``)
             due = now + self.review_after
             expires = slot.expires_at
-            if expires < due:  # noqa: PLR1730 - not min(): no call here (see the docstring)
+            if expires < due:  # noqa: PLR1730 - not min(): no call here (see above)
                 due = expires
             slot.due_at = due
         waiters = self.waiters
         if waiters:
-            waiter = waiters[0]  # no call until it is served (see the module docstring)
+            waiter = waiters[0]
             del waiters[0]
             waiter.slot = slot
             slot.seq += 1
@@ -301,10 +342,16 @@ class PoolCore(Generic[S, W]):
         self.idle.append(slot)
         return None
 
-    def _give_back_slow(self, slot: S, now: float) -> W | None:
-        """give_back for a slot past its lifetime, an overflow slot, a slot of a closed
-        pool, one holding an inherited connection, a client slot with no client, or one
-        whose check was interrupted."""
+    def give_back_slow(self, slot: S, now: float) -> W | None:
+        """Under the lock: give back a slot whose ``give_back`` said ``SLOW`` (or any lent
+        slot: it runs ``give_back`` first). A slot past its lifetime, an overflow slot, a
+        slot of a closed pool, one holding an inherited connection, a client slot with
+        no client, or one whose check was interrupted. Returns a waiter it served,
+        ``DRAIN`` when connections wait in ``doomed`` (the shell closes them), or
+        ``None``."""
+        waiter = self.give_back(slot, now)
+        if waiter is not SLOW:
+            return waiter
         self.checking.pop(slot, None)
         if slot.inherited:  # the parent's: dropped, never closed here
             self._release(slot)
@@ -318,15 +365,13 @@ class PoolCore(Generic[S, W]):
         if now >= slot.expires_at:
             self.doom(slot, "lifetime")
         self._schedule(slot)
-        if self.waiters:
-            return self._serve(slot, now)
-        if slot.overflow:
+        waiter = self._hand(slot, now, keep=not slot.overflow)
+        if waiter is None and slot.overflow:  # nobody waits: an overflow slot closes
             self.doom(slot, "overflow")
             self._retire(slot)
-        else:
-            slot.state = IDLE
-            self.idle.append(slot)
-        return DRAIN if self.doomed else None
+        if waiter is None and self.doomed:
+            return DRAIN  # type: ignore[no-any-return]
+        return waiter
 
     def _retire(self, slot: S) -> None:
         """An overflow slot leaves the pool (its connection already doomed)."""
@@ -334,16 +379,25 @@ class PoolCore(Generic[S, W]):
         self.retired_lends += slot.seq
         slot.state = GONE
 
-    def _serve(self, slot: S, now: float) -> W:
-        waiter = self.waiters[0]
-        del self.waiters[0]
-        waiter.slot = slot
-        slot.state = LENT
-        slot.seq += 1
-        slot.lent_at = now
-        slot.pending = now >= slot.due_at
-        self.wait_time += now - waiter.since
-        return waiter
+    def _hand(self, slot: S, now: float, *, keep: bool = True) -> W | None:
+        """Hand a slot that comes back to the first waiter, or (``keep``) keep it idle; in
+        one call-free step, as ``give_back`` does (a give_back without the lock may serve
+        the last waiter at any call before it)."""
+        waiters = self.waiters
+        if waiters:
+            waiter = waiters[0]
+            del waiters[0]
+            waiter.slot = slot
+            slot.state = LENT
+            slot.seq += 1
+            slot.lent_at = now
+            slot.pending = now >= slot.due_at
+            self.wait_time += now - waiter.since
+            return waiter
+        if keep:
+            slot.state = IDLE
+            self.idle.append(slot)
+        return None
 
     def _schedule(self, slot: S) -> None:
         """Set ``due_at`` (when a lend must review the slot) and ``slow_at`` (when its
@@ -533,15 +587,17 @@ class PoolCore(Generic[S, W]):
 
     # -- the pool taking slots for itself (checks, background dials) -------------------
 
-    def maintain(self, now: float) -> tuple[list[tuple[str, S]], float]:
+    def maintain(self, now: float) -> tuple[list[tuple[str, Any]], float]:
         """One background pass: what to do now, and when to look again.
 
         Returns tasks ``(CHECK, slot)`` and ``(DIAL, slot)`` for busy slots
         (report each with ``checked``/``attach`` then ``restore``) and
         ``(LEAK, slot)`` for lent slots held past ``leak_timeout`` (counted
-        here, reported once per lend); closes what expired (``doomed``).
+        here, reported once per lend); closes what expired (``doomed``) and
+        returns ``(WAKE, waiter)`` for a waiter it served meanwhile (the shell
+        wakes it before it lets go of the lock).
         """
-        tasks: list[tuple[str, S]] = []
+        tasks: list[tuple[str, Any]] = []
         if self.closed:
             return tasks, _INF
         due = _INF
@@ -556,39 +612,47 @@ class PoolCore(Generic[S, W]):
                     tasks.append((LEAK, slot))
                 else:
                     due = min(due, at)
-        for slot in list(self.idle):
-            if slot.conn is None:
+        for slot in list(self.idle):  # a snapshot: lends without the lock change ``idle``
+            if slot.state is not IDLE or slot.conn is None:
                 continue
             idle_since = max(slot.idle_since, slot.connected_at)
             checked = max(slot.checked_at, idle_since) + self.check_interval
-            if now >= slot.expires_at:
-                self.doom(slot, "lifetime")
-            elif now >= idle_since + self.idle_timeout and self.connected > self.min_idle:
-                self.doom(slot, "idle")
-            elif now >= checked:
-                self._take(slot)
-                tasks.append((CHECK, slot))
+            expiry = idle_since + self.idle_timeout
+            if self.connected <= self.min_idle:
+                expiry = _INF
+            if now >= slot.expires_at or now >= expiry or now >= checked:
+                if not self._take(slot):
+                    continue  # lent meanwhile: its lend reviews it
+                if now < slot.expires_at and now < expiry:
+                    tasks.append((CHECK, slot))
+                    continue
+                self.doom(slot, "lifetime" if now >= slot.expires_at else "idle")
+                self._schedule(slot)
+                waiter = self._hand(slot, now)
+                if waiter is not None:
+                    tasks.append((WAKE, waiter))
                 continue
-            if slot.conn is not None:
-                expiry = idle_since + self.idle_timeout
-                if self.connected <= self.min_idle:
-                    expiry = _INF
-                due = min(due, slot.expires_at, checked, expiry)
+            due = min(due, slot.expires_at, checked, expiry)
         missing = self.min_idle - self.connected - self.busy_dials
         if missing > 0:
             wait = self.backoff.blocked(now)
             if wait > 0:
                 due = min(due, now + wait)
             else:
-                for slot in [s for s in self.idle if s.conn is None][:missing]:
-                    self._take(slot)
-                    self.busy_dials += 1
-                    tasks.append((DIAL, slot))
+                for slot in [s for s in list(self.idle) if s.conn is None][:missing]:
+                    if self._take(slot):
+                        self.busy_dials += 1
+                        tasks.append((DIAL, slot))
         return tasks, due
 
-    def _take(self, slot: S) -> None:
+    def _take(self, slot: S) -> bool:
+        """Take an idle slot for the pool itself (busy); False if it was lent meanwhile.
+        (From the check to the removal, no call: see "lending".)"""
+        if slot.state is not IDLE:
+            return False
         self.idle.remove(slot)
         slot.state = BUSY
+        return True
 
     def _lent(self) -> Iterator[S]:
         for slot in self.members:
@@ -606,11 +670,7 @@ class PoolCore(Generic[S, W]):
             slot.state = IDLE
             return None
         self._schedule(slot)
-        if self.waiters:
-            return self._serve(slot, now)
-        slot.state = IDLE
-        self.idle.append(slot)
-        return None
+        return self._hand(slot, now)
 
     @property
     def ready(self) -> bool:
@@ -626,11 +686,16 @@ class PoolCore(Generic[S, W]):
         queued until the shell sets ``closed`` on each (and wakes it)."""
         self.closed = True
         for slot in (*self.members, *self.extra):
-            slot.slow_at = -_INF  # lent ones: closed when put back
-        for slot in self.idle:
-            self.doom(slot, None)
-        self.idle.clear()
-        return [waiter for waiter in self.waiters if not waiter.closed]
+            slot.slow_at = -_INF  # lent ones (even lent from here on): closed when put back
+        idle = self.idle
+        while idle:  # one at a time, as ``lend`` takes them: lends without the lock go on
+            slot = idle[0]
+            del idle[0]
+            self.doom(slot, None)  # it stays IDLE, in no deque: a closed pool lends nothing
+        for slot in self.members:  # one taken above by a close that was interrupted
+            if slot.state is IDLE and slot.conn is not None:
+                self.doom(slot, None)
+        return [waiter for waiter in list(self.waiters) if not waiter.closed]
 
     def after_fork(self, *, release_lent: bool) -> None:
         """In a forked child only the forking thread is left. Every connection was the

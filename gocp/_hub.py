@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._core import BUSY, CHECK, DIAL, DRAIN, IDLE, LEAK, LENT, PoolCore, Slot
+from ._core import BUSY, CHECK, DIAL, DRAIN, IDLE, LEAK, LENT, WAKE, PoolCore, Slot
 from ._errors import ConnectionBroken, DialError, PoolClosed
 from ._log import EventLog
 
@@ -243,6 +243,9 @@ class Hub:
         with lock:
             now = self.clock()
             tasks, due = core.maintain(now)
+            for kind, waiter in tasks:
+                if kind == WAKE:  # served under the lock: woken before letting go of it
+                    waiter.lock.release()
         self.drain()
         for kind, slot in tasks:
             if kind == CHECK:
@@ -258,7 +261,7 @@ class Hub:
                     pass  # reported by dial; the backoff decides when to try again
                 finally:
                     self._restore(slot, dialled=True)
-            elif kind == LEAK:
+            elif kind == LEAK:  # (WAKE tasks were done above)
                 self.report(
                     "warning",
                     "leak",

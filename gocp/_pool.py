@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from ._address import AddressLike, format_address, parse_address
 from ._config import Options, check_bool, check_size, check_timeout
 from ._conn import PersistentConn
-from ._core import CHECK, DIAL, LENT, PoolCore, Slot
+from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
 from ._errors import DialError, PoolClosed, PoolTimeout
 from ._hooks import HookConnector
 from ._hub import Connector, Hub, Waiter, format_stack
@@ -205,26 +205,33 @@ class Pool(Generic[T]):
         """
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
-        lock = self._lock
         core = self._core
         slot: Any = None
         waiter: Waiter | None = None
         try:
-            try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
-                lock.acquire()
-                # An untimed core decides a lend without the time (see PoolCore.timed).
-                slot = core.lend(self._clock() if core.timed else 0.0)
-                if slot is None:
-                    if timeout == 0:
-                        raise core.exhausted(0.0, self._clock(), format_stack, count=True)
-                    spare = self._spare_waiters
-                    waiter = spare.pop() if spare else Waiter()
-                    core.enqueue(waiter, self._clock())
-            finally:
-                try:
-                    lock.release()
-                except RuntimeError:  # interrupted while waiting for it: never held
-                    pass
+            # An idle member, without the lock (see "lending" in gocp._core). An untimed
+            # core decides a lend without the time (see PoolCore.timed).
+            slot = core.lend(self._clock() if core.timed else 0.0)
+            if slot is None:
+                lock = self._lock
+                try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
+                    lock.acquire()
+                    now = self._clock()
+                    slot = core.lend_slow(now)
+                    if slot is None:
+                        if timeout == 0:
+                            raise core.exhausted(0.0, now, format_stack, count=True)
+                        spare = self._spare_waiters
+                        waiter = spare.pop() if spare else Waiter()
+                        slot = core.enqueue(waiter, now)
+                        if slot is not None:  # a member came back meanwhile: no wait
+                            spare.append(waiter)
+                            waiter = None
+                finally:
+                    try:
+                        lock.release()
+                    except RuntimeError:  # interrupted while waiting for it: never held
+                        pass
             if slot is None:
                 started = _monotonic()
                 served = waiter
@@ -343,7 +350,7 @@ class Pool(Generic[T]):
             if slot.state is LENT and slot.seq == seq:
                 if broken:
                     self._core.broke(slot)
-                self._hub.wake(self._core.give_back(slot, self._clock()))
+                self._hub.wake(self._core.give_back_slow(slot, self._clock()))
         self._hub.drain()
 
     def put(self, conn: T, broken: bool = False) -> None:
@@ -388,18 +395,14 @@ class Pool(Generic[T]):
                     if slot.state is LENT and slot.seq == seq:
                         self._core.broke(slot)
                 self._hub.drain()
-            try:  # the hot-path form of ``with self._lock`` (see "Taking the lock" above)
-                lock.acquire()
-                waiter = self._core.give_back(slot, self._clock())
-                if waiter is not None:
-                    self._hub.wake(waiter)
-            finally:
-                try:
-                    lock.release()
-                except RuntimeError:  # interrupted while waiting for it: never held
-                    pass
+            # Without the lock (see "lending" in gocp._core): a waiter served here is
+            # woken with no call in between, so no thread sees it served and not woken.
+            waiter = self._core.give_back(slot, self._clock())
             if waiter is not None:
-                self._hub.drain()
+                if waiter is SLOW:
+                    self._give_back(slot, seq, broken=False)
+                else:
+                    waiter.lock.release()
         except BaseException as exc:
             if slot is None and isinstance(exc, ValueError):
                 raise  # not a member of this pool: the pool is as it was
@@ -548,7 +551,7 @@ class Pool(Generic[T]):
                 size=len(core.members),
                 idle=len(core.idle),
                 in_use=lent + extra_lent,
-                waiting=sum(1 for waiter in core.waiters if not waiter.closed),
+                waiting=sum(1 for waiter in list(core.waiters) if not waiter.closed),
                 connected=connected,
                 overflow=len(core.extra),
                 lends=core.lends,

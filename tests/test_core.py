@@ -114,7 +114,7 @@ def review(
 
 def get(core: Core, now: float, **kwargs: Any) -> Slot:
     """Lend a slot (it must not need to wait) and prepare it as a shell's ``get`` does."""
-    slot = core.lend(now)
+    slot = core.lend_slow(now)
     assert slot is not None
     review(core, slot, now, **kwargs)
     return slot
@@ -125,7 +125,7 @@ def connected(core: Core, now: float = 0.0) -> list[Slot]:
     slots = [get(core, now) for _ in core.members]
     for slot in slots:
         assert slot.conn is not None
-        core.give_back(slot, now)
+        core.give_back_slow(slot, now)
     return slots
 
 
@@ -142,21 +142,21 @@ def drain(core: Core) -> list[Any]:
 def test_members_lent_in_ring_order_least_recently_returned_first() -> None:
     core = make_core(3, client=False)
     a, b, c = core.members
-    assert core.lend(0.0) is a
-    assert core.lend(0.0) is b
-    assert core.give_back(a, 1.0) is None
+    assert core.lend_slow(0.0) is a
+    assert core.lend_slow(0.0) is b
+    assert core.give_back_slow(a, 1.0) is None
     assert list(core.idle) == [c, a]
-    assert core.lend(2.0) is c
-    assert core.lend(2.0) is a
+    assert core.lend_slow(2.0) is c
+    assert core.lend_slow(2.0) is a
     assert (a.state, b.state, c.state) == (LENT, LENT, LENT)
 
 
 def test_lend_returns_none_when_every_member_is_lent() -> None:
     core = make_core(2, client=False)
-    core.lend(0.0)
-    core.lend(0.0)
-    assert core.lend(0.0) is None
-    assert core.lend(0.0) is None
+    core.lend_slow(0.0)
+    core.lend_slow(0.0)
+    assert core.lend_slow(0.0) is None
+    assert core.lend_slow(0.0) is None
     assert core.lends == 2
     assert core.waits == 0  # queueing is the shell's call (enqueue)
     assert not core.extra  # strict pool: max_overflow=0
@@ -165,18 +165,18 @@ def test_lend_returns_none_when_every_member_is_lent() -> None:
 def test_waiters_are_served_first_come_first_served() -> None:
     core = make_core(1, client=False)
     (a,) = core.members
-    assert core.lend(0.0) is a
+    assert core.lend_slow(0.0) is a
     first, second = Waiter("1"), Waiter("2")
     core.enqueue(first, 1.0)
     core.enqueue(second, 2.0)
     assert (first.since, second.since) == (1.0, 2.0)
     assert core.waits == 2
-    assert core.give_back(a, 5.0) is first
+    assert core.give_back_slow(a, 5.0) is first
     assert first.slot is a
     assert second.slot is None
-    assert core.give_back(a, 6.0) is second
+    assert core.give_back_slow(a, 6.0) is second
     assert second.slot is a
-    assert core.give_back(a, 7.0) is None
+    assert core.give_back_slow(a, 7.0) is None
     assert list(core.idle) == [a]
     assert core.wait_time == (5.0 - 1.0) + (6.0 - 2.0)
     assert core.lends == 3
@@ -187,20 +187,20 @@ def test_waiters_are_served_first_come_first_served() -> None:
 def test_a_slot_given_back_goes_straight_to_the_first_waiter() -> None:
     core = make_core(1, client=False)
     (a,) = core.members
-    core.lend(0.0)
+    core.lend_slow(0.0)
     waiter = Waiter()
     core.enqueue(waiter, 0.5)
-    assert core.give_back(a, 1.0) is waiter
+    assert core.give_back_slow(a, 1.0) is waiter
     assert a.state is LENT  # never idle in between
     assert not core.idle
     assert a.seq == 2
-    assert core.lend(1.0) is None  # a caller arriving now cannot take it from the waiter
+    assert core.lend_slow(1.0) is None  # a caller arriving now cannot take it from the waiter
 
 
 def test_cancel_a_waiter_whose_time_ran_out() -> None:
     core = make_core(1, client=False)
     (a,) = core.members
-    core.lend(0.0)
+    core.lend_slow(0.0)
     late, next_one = Waiter("late"), Waiter("next")
     core.enqueue(late, 1.0)
     core.enqueue(next_one, 2.0)
@@ -212,13 +212,13 @@ def test_cancel_a_waiter_whose_time_ran_out() -> None:
     assert core.cancel(late, 9.0) is False
     assert (core.timeouts, core.wait_time) == (1, 3.0)
     # The slot goes to the waiter still queued.
-    assert core.give_back(a, 5.0) is next_one
+    assert core.give_back_slow(a, 5.0) is next_one
     assert late.slot is None
 
 
 def test_cancel_an_interrupted_waiter_is_not_a_timeout() -> None:
     core = make_core(1, client=False)
-    core.lend(0.0)
+    core.lend_slow(0.0)
     waiter = Waiter()
     core.enqueue(waiter, 1.0)
     assert core.cancel(waiter, 1.5, timed_out=False) is True
@@ -230,10 +230,10 @@ def test_cancel_an_interrupted_waiter_is_not_a_timeout() -> None:
 def test_cancel_a_served_waiter_returns_false_and_it_keeps_the_slot() -> None:
     core = make_core(1, client=False)
     (a,) = core.members
-    core.lend(0.0)
+    core.lend_slow(0.0)
     waiter = Waiter()
     core.enqueue(waiter, 1.0)
-    assert core.give_back(a, 3.0) is waiter
+    assert core.give_back_slow(a, 3.0) is waiter
     assert core.cancel(waiter, 4.0) is False  # served between its timeout and the cancel
     assert waiter.slot is a
     assert a.state is LENT
@@ -243,7 +243,7 @@ def test_cancel_a_served_waiter_returns_false_and_it_keeps_the_slot() -> None:
 
 def test_cancel_a_waiter_woken_by_close_returns_false() -> None:
     core = make_core(1, client=False)
-    core.lend(0.0)
+    core.lend_slow(0.0)
     waiter = Waiter()
     core.enqueue(waiter, 1.0)
     assert core.close() == [waiter]
@@ -257,11 +257,11 @@ def test_cancel_a_waiter_woken_by_close_returns_false() -> None:
 def test_give_back_twice_raises_and_changes_nothing() -> None:
     core = make_core(2, client=False)
     a, b = core.members
-    core.lend(0.0)
-    core.give_back(a, 1.0)
+    core.lend_slow(0.0)
+    core.give_back_slow(a, 1.0)
     before = (list(core.idle), a.state, a.seq, a.idle_since, core.lends)
     with pytest.raises(ValueError, match=r"member #0 of t is not lent \(put twice\?\)"):
-        core.give_back(a, 2.0)
+        core.give_back_slow(a, 2.0)
     assert (list(core.idle), a.state, a.seq, a.idle_since, core.lends) == before
     assert list(core.idle) == [b, a]
 
@@ -269,35 +269,35 @@ def test_give_back_twice_raises_and_changes_nothing() -> None:
 def test_a_stale_put_of_a_retired_overflow_slot_serves_no_waiter() -> None:
     core = make_core(1, client=False, max_overflow=1)
     (a,) = core.members
-    core.lend(0.0)
-    retired = core.lend(0.0)
+    core.lend_slow(0.0)
+    retired = core.lend_slow(0.0)
     assert retired is not None
-    core.give_back(retired, 1.0)
-    assert core.lend(2.0) is not None  # a new overflow slot
+    core.give_back_slow(retired, 1.0)
+    assert core.lend_slow(2.0) is not None  # a new overflow slot
     waiter = Waiter()
     core.enqueue(waiter, 2.0)
     with pytest.raises(ValueError, match="overflow connection #1 of t is not lent"):
-        core.give_back(retired, 3.0)
+        core.give_back_slow(retired, 3.0)
     assert waiter.slot is None
     assert list(core.waiters) == [waiter]
     assert core.lends == 3
-    assert core.give_back(a, 4.0) is waiter
+    assert core.give_back_slow(a, 4.0) is waiter
 
 
 def test_lends_and_uses_count_lends_of_the_current_connection() -> None:
     core = make_core(1)
     (a,) = core.members
     assert core.uses(a) == 0
-    assert core.lend(0.0) is a
+    assert core.lend_slow(0.0) is a
     assert review(core, a, 0.0) == [DIAL]
     assert core.uses(a) == 1
-    core.give_back(a, 1.0)
+    core.give_back_slow(a, 1.0)
     get(core, 2.0)
     assert core.uses(a) == 2
     core.broke(a)
     assert core.uses(a) == 0
-    core.give_back(a, 3.0)
-    assert core.lend(4.0) is a
+    core.give_back_slow(a, 3.0)
+    assert core.lend_slow(4.0) is a
     assert review(core, a, 4.0) == [DIAL]
     assert core.uses(a) == 1
     assert core.lends == 3
@@ -307,8 +307,8 @@ def test_lends_and_uses_count_lends_of_the_current_connection() -> None:
 def test_describe_names_the_slot_and_the_pool() -> None:
     core = make_core(1, client=False, max_overflow=1)
     (a,) = core.members
-    core.lend(0.0)
-    overflow = core.lend(0.0)
+    core.lend_slow(0.0)
+    overflow = core.lend_slow(0.0)
     assert overflow is not None
     assert core.describe(a) == "member #0 of t"
     assert core.describe(overflow) == "overflow connection #1 of t"
@@ -317,7 +317,7 @@ def test_describe_names_the_slot_and_the_pool() -> None:
 def test_exhausted_says_why() -> None:
     core = make_core(2, client=False, max_overflow=1)
     for _ in range(3):
-        core.lend(0.0)
+        core.lend_slow(0.0)
     core.enqueue(Waiter(), 0.0)
     error = core.exhausted(1.5, 2.0, repr)
     assert isinstance(error, PoolTimeout)
@@ -331,7 +331,7 @@ def test_exhausted_names_where_the_longest_held_member_was_taken() -> None:
     core = make_core(2, client=False, leak_timeout=60.0)
     a, b = core.members
     for at, slot in ((1.0, a), (3.0, b)):
-        assert core.lend(at) is slot
+        assert core.lend_slow(at) is slot
         slot.stack = f"stack-{slot.index}"
         assert core.prepare(slot, at) is None
     error = core.exhausted(0.0, 10.0, lambda stack: f"<{stack}>")
@@ -353,7 +353,7 @@ def test_an_untimed_core_decides_lends_without_the_time() -> None:
 def test_client_slot_without_connection_is_pending_and_prepare_says_dial() -> None:
     core = make_core(2)
     a, _ = core.members
-    assert core.lend(0.0) is a
+    assert core.lend_slow(0.0) is a
     assert a.pending is True
     assert core.prepare(a, 0.0) == DIAL
     assert a.pending is False
@@ -362,9 +362,9 @@ def test_client_slot_without_connection_is_pending_and_prepare_says_dial() -> No
     core.attach(a, conn, 0.0)
     assert (a.conn, core.connected, core.dials) == (conn, 1, 1)
     assert core.by_conn == {id(conn): a}
-    core.give_back(a, 1.0)
-    core.lend(2.0)  # b, not connected yet
-    assert core.lend(2.0) is a
+    core.give_back_slow(a, 1.0)
+    core.lend_slow(2.0)  # b, not connected yet
+    assert core.lend_slow(2.0) is a
     assert a.pending is False  # connected, no policy: ready as it is
     assert a.conn is conn
 
@@ -372,7 +372,7 @@ def test_client_slot_without_connection_is_pending_and_prepare_says_dial() -> No
 def test_socket_slot_without_connection_is_not_pending() -> None:
     core = make_core(1, client=False)
     (a,) = core.members
-    assert core.lend(0.0) is a
+    assert core.lend_slow(0.0) is a
     assert a.pending is False  # socket members dial on their first I/O
     assert core.prepare(a, 0.0) is None
     assert core.prepare(a, 0.0, fresh=True) is None
@@ -388,16 +388,16 @@ def test_by_conn_forgets_doomed_connections() -> None:
     assert drain(core) == [first]
     assert core.by_conn == {id(second): b}
     assert (a.conn, core.connected, core.broken, core.closed_by["broken"]) == (None, 1, 1, 1)
-    core.give_back(a, 2.0)
+    core.give_back_slow(a, 2.0)
     get(core, 3.0)  # b
-    assert core.lend(3.0) is a
+    assert core.lend_slow(3.0) is a
     assert a.pending is True  # no client: dial before use
     assert core.prepare(a, 3.0) == DIAL
 
 
 def test_broke_without_a_connection_counts_nothing() -> None:
     core = make_core(1)
-    slot = core.lend(0.0)
+    slot = core.lend_slow(0.0)
     assert slot is not None
     core.broke(slot)
     assert (core.broken, core.closed_by["broken"], list(core.doomed)) == (0, 0, [])
@@ -406,7 +406,7 @@ def test_broke_without_a_connection_counts_nothing() -> None:
 def test_found_stale_dooms_without_a_close_reason() -> None:
     core = make_core(1, client=False)
     (a,) = core.members
-    core.lend(0.0)
+    core.lend_slow(0.0)
     conn = Conn()
     core.attach(a, conn, 0.0)
     core.found_stale(a)
@@ -439,11 +439,11 @@ def test_lifetime_expired_at_lend_dooms_it_and_the_client_redials() -> None:
     (a,) = core.members
     get(core, 0.0)
     first = a.conn
-    core.give_back(a, 1.0)
-    assert core.lend(99.5) is a
+    core.give_back_slow(a, 1.0)
+    assert core.lend_slow(99.5) is a
     assert a.pending is False
-    core.give_back(a, 99.6)
-    assert core.lend(100.0) is a
+    core.give_back_slow(a, 99.6)
+    assert core.lend_slow(100.0) is a
     assert a.pending is True
     assert core.prepare(a, 100.0) == DIAL
     assert drain(core) == [first]
@@ -460,11 +460,11 @@ def test_lifetime_expired_at_give_back_but_never_while_lent() -> None:
     assert tasks == []
     assert a.conn is conn  # lent: left alone
     assert not core.doomed
-    assert core.give_back(a, 150.0) is DRAIN
+    assert core.give_back_slow(a, 150.0) is DRAIN
     assert drain(core) == [conn]
     assert core.closed_by["lifetime"] == 1
     assert list(core.idle) == [a]
-    assert core.lend(151.0) is a
+    assert core.lend_slow(151.0) is a
     assert core.prepare(a, 151.0) == DIAL
 
 
@@ -475,7 +475,7 @@ def test_lifetime_expired_at_give_back_to_a_waiter_hands_over_an_empty_slot() ->
     conn = a.conn
     waiter = Waiter()
     core.enqueue(waiter, 50.0)
-    assert core.give_back(a, 100.0) is waiter
+    assert core.give_back_slow(a, 100.0) is waiter
     assert drain(core) == [conn]
     assert a.pending is True
     assert core.prepare(a, 100.0) == DIAL
@@ -484,9 +484,9 @@ def test_lifetime_expired_at_give_back_to_a_waiter_hands_over_an_empty_slot() ->
 def test_idle_timeout_at_lend_dooms_an_idle_connection() -> None:
     core = make_core(2, idle_timeout=10.0)
     a, b = connected(core, 0.0)
-    assert core.lend(9.5) is a
+    assert core.lend_slow(9.5) is a
     assert a.pending is False  # idle 9.5s
-    assert core.lend(10.0) is b
+    assert core.lend_slow(10.0) is b
     assert b.pending is True  # idle 10s
     first = b.conn
     assert core.prepare(b, 10.0) == DIAL
@@ -499,8 +499,8 @@ def test_idle_timeout_at_lend_keeps_min_idle_connected() -> None:
     core = make_core(1, idle_timeout=10.0, min_idle=1)
     (a,) = core.members
     get(core, 0.0)
-    core.give_back(a, 0.0)
-    assert core.lend(50.0) is a
+    core.give_back_slow(a, 0.0)
+    assert core.lend_slow(50.0) is a
     assert a.pending is True
     assert core.prepare(a, 50.0) is None  # the only connected member: kept
     assert not core.doomed
@@ -513,7 +513,7 @@ def test_maintain_closes_idle_connections_oldest_first_down_to_min_idle() -> Non
     for _ in core.members:
         get(core, 0.0)
     for at, slot in ((1.0, a), (2.0, b), (3.0, c)):
-        core.give_back(slot, at)
+        core.give_back_slow(slot, at)
     conns = [a.conn, b.conn, c.conn]
     assert core.maintain(5.0) == ([], 11.0)
     assert core.maintain(100.0) == ([], INF)  # c kept: the last connected one
@@ -521,7 +521,8 @@ def test_maintain_closes_idle_connections_oldest_first_down_to_min_idle() -> Non
     assert (a.conn, b.conn, c.conn) == (None, None, conns[2])
     assert core.connected == 1
     assert core.closed_by["idle"] == 2
-    assert list(core.idle) == [a, b, c]  # the slots stay, and redial when lent
+    # the slots stay (the closed ones now behind the connected one) and redial when lent
+    assert list(core.idle) == [c, a, b]
 
 
 def test_maintain_replaces_idle_connections_past_their_lifetime_even_at_min_idle() -> None:
@@ -540,17 +541,17 @@ def test_check_at_lend_only_after_idle_that_long() -> None:
     core = make_core(1, check=True, check_interval=10.0)
     (a,) = core.members
     get(core, 0.0)
-    core.give_back(a, 5.0)
-    assert core.lend(14.5) is a
+    core.give_back_slow(a, 5.0)
+    assert core.lend_slow(14.5) is a
     assert a.pending is False
-    core.give_back(a, 14.5)
-    assert core.lend(24.5) is a
+    core.give_back_slow(a, 14.5)
+    assert core.lend_slow(24.5) is a
     assert a.pending is True
     assert core.prepare(a, 24.5) == CHECK
     core.checked(a, 24.5, True)
     assert a.checked_at == 24.5
-    core.give_back(a, 25.0)
-    assert core.lend(30.0) is a
+    core.give_back_slow(a, 25.0)
+    assert core.lend_slow(30.0) is a
     assert a.pending is False
 
 
@@ -559,8 +560,8 @@ def test_check_interval_counts_from_the_last_put_not_the_connection() -> None:
     core = make_core(1, check=True, check_interval=10.0)
     (a,) = core.members
     get(core, 0.0)
-    core.give_back(a, 50.0)
-    assert core.lend(55.0) is a
+    core.give_back_slow(a, 50.0)
+    assert core.lend_slow(55.0) is a
     assert a.pending is False
     assert core.prepare(a, 55.0) is None
 
@@ -574,11 +575,11 @@ def test_check_interval_defaults_to_30s_with_a_check_and_needs_can_check() -> No
 def test_io_failing_during_a_check_counts_as_the_check_failing() -> None:
     core = make_core(1, client=False, check=True, check_interval=10.0)
     (a,) = core.members
-    core.lend(0.0)
+    core.lend_slow(0.0)
     first = Conn()
     core.attach(a, first, 0.0)
-    core.give_back(a, 0.0)
-    assert core.lend(10.0) is a
+    core.give_back_slow(a, 0.0)
+    assert core.lend_slow(10.0) is a
     assert core.prepare(a, 10.0) == CHECK
     core.check_begins(a)
     core.broke(a)  # the check's own I/O failed
@@ -598,10 +599,10 @@ def test_an_interrupted_check_ends_when_its_slot_comes_back() -> None:
     """A check whose ``checked`` never ran does not make later I/O failures check failures."""
     core = make_core(1, check=True, check_interval=10.0)
     (a,) = connected(core, 0.0)
-    assert core.lend(10.0) is a
+    assert core.lend_slow(10.0) is a
     assert core.prepare(a, 10.0) == CHECK
     core.check_begins(a)
-    assert core.give_back(a, 10.0) is None  # the shell undoing the interrupted get
+    assert core.give_back_slow(a, 10.0) is None  # the shell undoing the interrupted get
     assert not core.checking
     assert list(core.idle) == [a]
     tasks, _ = core.maintain(20.0)
@@ -619,8 +620,8 @@ def test_a_failed_check_dooms_the_connection_and_the_client_redials() -> None:
     (a,) = core.members
     get(core, 0.0)
     first = a.conn
-    core.give_back(a, 0.0)
-    assert core.lend(20.0) is a
+    core.give_back_slow(a, 0.0)
+    assert core.lend_slow(20.0) is a
     assert core.prepare(a, 20.0) == CHECK
     core.checked(a, 20.0, False, hook_failed=True)
     assert drain(core) == [first]
@@ -641,7 +642,7 @@ def test_maintain_checks_idle_members_busy_and_restore_serves_a_waiter_first() -
     assert due == INF
     assert (a.state, b.state) == (BUSY, BUSY)
     assert not core.idle
-    assert core.lend(10.0) is None  # both busy: the caller queues
+    assert core.lend_slow(10.0) is None  # both busy: the caller queues
     waiter = Waiter()
     core.enqueue(waiter, 10.0)
     core.checked(a, 10.5, True)
@@ -666,7 +667,7 @@ def test_a_passed_background_check_resets_the_check_interval() -> None:
     core.checked(a, 10.0, True)
     core.restore(a, 10.0)
     assert core.maintain(15.0) == ([], 20.0)
-    assert core.lend(15.0) is a
+    assert core.lend_slow(15.0) is a
     assert core.prepare(a, 15.0) is None  # checked 5s ago: no check
 
 
@@ -706,7 +707,7 @@ def test_a_background_dial_restored_to_a_waiter_keeps_its_connection() -> None:
     (a,) = core.members
     tasks, _ = core.maintain(0.0)
     assert tasks == [(DIAL, a)]
-    assert core.lend(0.0) is None
+    assert core.lend_slow(0.0) is None
     waiter = Waiter()
     core.enqueue(waiter, 0.0)
     conn = Conn()
@@ -720,7 +721,7 @@ def test_a_background_dial_restored_to_a_waiter_keeps_its_connection() -> None:
 def test_leak_timeout_makes_every_lend_pending_and_reports_each_lend_once() -> None:
     core = make_core(2, client=False, leak_timeout=10.0)
     a, b = core.members
-    assert core.lend(1.0) is a
+    assert core.lend_slow(1.0) is a
     assert a.pending is True  # even a socket member with no connection: record the lend
     assert core.prepare(a, 1.0) is None
     assert a.lent_at == 1.0
@@ -729,10 +730,10 @@ def test_leak_timeout_makes_every_lend_pending_and_reports_each_lend_once() -> N
     assert core.leaks == 1
     assert core.maintain(30.0) == ([], INF)  # this lend was reported already
     assert core.leaks == 1
-    core.give_back(a, 30.0)
-    assert core.lend(31.0) is b
+    core.give_back_slow(a, 30.0)
+    assert core.lend_slow(31.0) is b
     core.prepare(b, 31.0)
-    assert core.lend(31.0) is a
+    assert core.lend_slow(31.0) is a
     assert a.pending is True
     core.prepare(a, 31.0)
     assert core.maintain(40.0) == ([], 41.0)
@@ -745,8 +746,8 @@ def test_with_leak_timeout_a_connected_member_is_pending_and_timed_from_its_lend
     core = make_core(1, leak_timeout=10.0)
     (a,) = core.members
     get(core, 0.0)
-    core.give_back(a, 1.0)
-    assert core.lend(1.0) is a
+    core.give_back_slow(a, 1.0)
+    assert core.lend_slow(1.0) is a
     assert a.pending is True  # reviewed (the shell records where it was taken)
     assert a.lent_at == 1.0
     assert core.prepare(a, 2.0) is None
@@ -758,15 +759,15 @@ def test_maintain_does_not_report_a_lend_before_prepare_ran() -> None:
     sees the new lend, not the previous one."""
     core = make_core(1, leak_timeout=10.0)
     (a,) = core.members
-    assert core.lend(0.0) is a  # first lend; its holder has not called prepare yet
+    assert core.lend_slow(0.0) is a  # first lend; its holder has not called prepare yet
     assert core.maintain(0.0) == ([], 10.0)
     core.prepare(a, 0.0)
-    core.give_back(a, 5.0)
-    assert core.lend(100.0) is a  # lent again, long after the previous lend began
+    core.give_back_slow(a, 5.0)
+    assert core.lend_slow(100.0) is a  # lent again, long after the previous lend began
     assert core.maintain(100.0) == ([], 110.0)
     waiter = Waiter()
     core.enqueue(waiter, 100.0)
-    assert core.give_back(a, 200.0) is waiter  # served: a lend too
+    assert core.give_back_slow(a, 200.0) is waiter  # served: a lend too
     assert core.maintain(200.0) == ([], 210.0)
     assert core.leaks == 0
 
@@ -792,12 +793,12 @@ def test_maintain_says_when_the_earliest_deadline_is_due(
     core = make_core(2, random=0.0, check=True, **{"check_interval": None, **options})
     a, b = core.members
     for slot in (a, b):
-        assert core.lend(0.0) is slot
+        assert core.lend_slow(0.0) is slot
         review(core, slot, 0.0)
-    core.give_back(b, 3.0)
-    assert core.lend(5.0) is b
+    core.give_back_slow(b, 3.0)
+    assert core.lend_slow(5.0) is b
     review(core, b, 5.0)
-    core.give_back(a, 10.0)
+    core.give_back_slow(a, 10.0)
     assert core.maintain(12.0) == ([], expected)
 
 
@@ -817,8 +818,8 @@ def test_fresh_replaces_the_connection() -> None:
     (a,) = core.members
     get(core, 0.0)
     first = a.conn
-    core.give_back(a, 1.0)
-    assert core.lend(2.0) is a
+    core.give_back_slow(a, 1.0)
+    assert core.lend_slow(2.0) is a
     assert a.pending is False
     assert review(core, a, 2.0, fresh=True) == [DIAL]
     assert drain(core) == [first]
@@ -829,13 +830,13 @@ def test_fresh_replaces_the_connection() -> None:
 
 def test_fresh_on_a_slot_without_connection_closes_nothing() -> None:
     core = make_core(1)
-    slot = core.lend(0.0)
+    slot = core.lend_slow(0.0)
     assert slot is not None
     assert core.prepare(slot, 0.0, fresh=True) == DIAL
     assert core.closed_by["fresh"] == 0
     socket_core = make_core(1, client=False)
     (s,) = socket_core.members
-    socket_core.lend(0.0)
+    socket_core.lend_slow(0.0)
     conn = Conn()
     socket_core.attach(s, conn, 0.0)
     assert socket_core.prepare(s, 1.0, fresh=True) is None  # the member dials on first I/O
@@ -849,9 +850,9 @@ def test_fresh_on_a_slot_without_connection_closes_nothing() -> None:
 def test_overflow_slots_are_lent_only_when_nothing_is_idle_and_never_beyond_the_cap() -> None:
     core = make_core(1, max_overflow=2)
     (a,) = core.members
-    assert core.lend(0.0) is a
-    first = core.lend(0.0)
-    second = core.lend(0.0)
+    assert core.lend_slow(0.0) is a
+    first = core.lend_slow(0.0)
+    second = core.lend_slow(0.0)
     assert first is not None
     assert second is not None
     assert (first.overflow, second.overflow) == (True, True)
@@ -859,37 +860,37 @@ def test_overflow_slots_are_lent_only_when_nothing_is_idle_and_never_beyond_the_
     assert first.state is LENT
     assert first.pending is True  # a client: dial it
     assert core.prepare(first, 0.0) == DIAL
-    assert core.lend(0.0) is None  # the cap
+    assert core.lend_slow(0.0) is None  # the cap
     assert list(core.extra) == [first, second]
-    core.give_back(a, 1.0)
-    assert core.lend(1.0) is a  # an idle member before any overflow
+    core.give_back_slow(a, 1.0)
+    assert core.lend_slow(1.0) is a  # an idle member before any overflow
 
 
 def test_no_overflow_slot_while_a_caller_waits() -> None:
     core = make_core(1, max_overflow=1)
-    core.lend(0.0)
+    core.lend_slow(0.0)
     waiter = Waiter()
     core.enqueue(waiter, 0.0)
-    assert core.lend(0.0) is None  # a newcomer never jumps the queue
+    assert core.lend_slow(0.0) is None  # a newcomer never jumps the queue
     assert not core.extra
 
 
 def test_socket_overflow_slot_is_not_pending() -> None:
     core = make_core(1, client=False, max_overflow=1)
-    core.lend(0.0)
-    overflow = core.lend(0.0)
+    core.lend_slow(0.0)
+    overflow = core.lend_slow(0.0)
     assert overflow is not None
     assert overflow.pending is False
 
 
 def test_overflow_given_back_goes_to_the_first_waiter_with_its_connection() -> None:
     core = make_core(1, max_overflow=1)
-    core.lend(0.0)
+    core.lend_slow(0.0)
     overflow = get(core, 0.0)
     conn = overflow.conn
     waiter = Waiter()
     core.enqueue(waiter, 1.0)
-    assert core.give_back(overflow, 2.0) is waiter
+    assert core.give_back_slow(overflow, 2.0) is waiter
     assert waiter.slot is overflow
     assert overflow.conn is conn
     assert overflow.pending is False
@@ -902,11 +903,11 @@ def test_overflow_given_back_goes_to_the_first_waiter_with_its_connection() -> N
 
 def test_overflow_given_back_without_waiters_is_closed_and_retired() -> None:
     core = make_core(1, max_overflow=1)
-    core.lend(0.0)
+    core.lend_slow(0.0)
     overflow = get(core, 0.0)
     conn = overflow.conn
     assert core.lends == 2
-    assert core.give_back(overflow, 1.0) is DRAIN
+    assert core.give_back_slow(overflow, 1.0) is DRAIN
     assert drain(core) == [conn]
     assert core.closed_by["overflow"] == 1
     assert overflow.state is GONE
@@ -915,8 +916,8 @@ def test_overflow_given_back_without_waiters_is_closed_and_retired() -> None:
     assert core.by_conn == {}
     assert core.lends == 2  # its lends still count
     with pytest.raises(ValueError, match="overflow connection #1 of t is not lent"):
-        core.give_back(overflow, 2.0)
-    again = core.lend(3.0)  # a new overflow slot
+        core.give_back_slow(overflow, 2.0)
+    again = core.lend_slow(3.0)  # a new overflow slot
     assert again is not None
     assert again is not overflow
     assert core.lends == 3
@@ -924,23 +925,23 @@ def test_overflow_given_back_without_waiters_is_closed_and_retired() -> None:
 
 def test_overflow_without_connection_is_retired_without_counting_a_close() -> None:
     core = make_core(1, max_overflow=1)
-    core.lend(0.0)
-    overflow = core.lend(0.0)  # its dial failed, say: the shell gives it back
+    core.lend_slow(0.0)
+    overflow = core.lend_slow(0.0)  # its dial failed, say: the shell gives it back
     assert overflow is not None
-    assert core.give_back(overflow, 0.0) is None
+    assert core.give_back_slow(overflow, 0.0) is None
     assert overflow.state is GONE
     assert core.closed_by["overflow"] == 0
 
 
 def test_open_overflow_slots_have_distinct_indices() -> None:
     core = make_core(1, max_overflow=2)
-    core.lend(0.0)
-    first = core.lend(0.0)
-    second = core.lend(0.0)
+    core.lend_slow(0.0)
+    first = core.lend_slow(0.0)
+    second = core.lend_slow(0.0)
     assert first is not None
     assert second is not None
-    core.give_back(first, 1.0)  # retired
-    third = core.lend(2.0)
+    core.give_back_slow(first, 1.0)  # retired
+    third = core.lend_slow(2.0)
     assert third is not None
     assert (first.index, second.index, third.index) == (1, 2, 3)
     assert core.describe(third) == "overflow connection #3 of t"
@@ -949,16 +950,16 @@ def test_open_overflow_slots_have_distinct_indices() -> None:
 def test_overflow_connection_past_max_lifetime_is_not_handed_to_a_waiter() -> None:
     """Under sustained load an overflow connection circulates; it still ages out."""
     core = make_core(1, random=0.0, max_overflow=1, max_lifetime=10.0)
-    core.lend(0.0)
+    core.lend_slow(0.0)
     overflow = get(core, 0.0)
     conn = overflow.conn
     first, second = Waiter("1"), Waiter("2")
     core.enqueue(first, 1.0)
     core.enqueue(second, 2.0)
-    assert core.give_back(overflow, 5.0) is first
+    assert core.give_back_slow(overflow, 5.0) is first
     assert overflow.conn is conn
     assert overflow.pending is False
-    assert core.give_back(overflow, 20.0) is second
+    assert core.give_back_slow(overflow, 20.0) is second
     assert drain(core) == [conn]
     assert core.closed_by["lifetime"] == 1
     assert core.prepare(overflow, 20.0) == DIAL
@@ -971,7 +972,7 @@ def test_idle_timeout_keeps_min_idle_members_connected_while_overflow_is_open() 
     get(core, 0.0)
     overflow = get(core, 0.0)
     assert overflow.conn is not None
-    core.give_back(a, 1.0)
+    core.give_back_slow(a, 1.0)
     assert core.connected == 2  # members only: overflow connections are not members
     assert core.ready is True
     tasks, _ = core.maintain(10.0)
@@ -986,16 +987,16 @@ def test_attach_refuses_a_connection_another_slot_holds() -> None:
     core = make_core(2)
     a, b = core.members
     shared = Conn()
-    core.lend(0.0)
-    core.lend(0.0)
+    core.lend_slow(0.0)
+    core.lend_slow(0.0)
     assert core.holds(shared) is False
     core.attach(a, shared, 0.0)
     assert core.holds(shared) is True
     with pytest.raises(ValueError, match="member #1 of t: this connection is another slot's"):
         core.attach(b, shared, 0.0)
     assert (b.conn, core.connected, core.by_conn) == (None, 1, {id(shared): a})
-    core.give_back(a, 1.0)
-    core.give_back(b, 1.0)
+    core.give_back_slow(a, 1.0)
+    core.give_back_slow(b, 1.0)
     core.close()
     assert drain(core) == [shared]
     assert core.holds(shared) is False
@@ -1093,8 +1094,8 @@ def test_close_dooms_idle_connections_and_lends_nothing() -> None:
     a, b, c = core.members
     for _ in range(3):
         get(core, 0.0)
-    core.give_back(b, 1.0)
-    core.give_back(c, 1.0)
+    core.give_back_slow(b, 1.0)
+    core.give_back_slow(c, 1.0)
     conn_a, conn_b, conn_c = a.conn, b.conn, c.conn
     assert core.close() == []
     assert drain(core) == [conn_b, conn_c]
@@ -1102,8 +1103,8 @@ def test_close_dooms_idle_connections_and_lends_nothing() -> None:
     assert core.connected == 1
     assert a.conn is conn_a  # lent: still usable
     with pytest.raises(PoolClosed, match="pool t is closed"):
-        core.lend(2.0)
-    assert core.give_back(a, 3.0) is DRAIN
+        core.lend_slow(2.0)
+    assert core.give_back_slow(a, 3.0) is DRAIN
     assert drain(core) == [conn_a]
     assert a.state is IDLE
     assert not core.idle  # never lent again
@@ -1111,9 +1112,9 @@ def test_close_dooms_idle_connections_and_lends_nothing() -> None:
     assert core.by_conn == {}
     assert set(core.closed_by.values()) == {0}  # closing is not a policy
     with pytest.raises(PoolClosed):
-        core.lend(4.0)
+        core.lend_slow(4.0)
     with pytest.raises(ValueError, match="not lent"):
-        core.give_back(a, 5.0)
+        core.give_back_slow(a, 5.0)
     assert core.maintain(6.0) == ([], INF)
     assert core.close() == []  # idempotent
     assert not core.doomed
@@ -1127,7 +1128,7 @@ def test_close_retires_lent_overflow_slots_when_given_back() -> None:
     conn = overflow.conn
     core.close()
     assert overflow.conn is conn
-    assert core.give_back(overflow, 1.0) is DRAIN
+    assert core.give_back_slow(overflow, 1.0) is DRAIN
     assert drain(core) == [conn]
     assert overflow.state is GONE
     assert not core.extra
@@ -1148,7 +1149,7 @@ def test_close_returns_the_waiters_until_the_shell_marks_them_closed() -> None:
     second.closed = True
     assert core.close() == []
     # The pool closed: a give back serves nobody.
-    assert core.give_back(a, 2.0) is DRAIN
+    assert core.give_back_slow(a, 2.0) is DRAIN
     assert (first.slot, second.slot) == (None, None)
     assert core.cancel(first, 3.0, timed_out=False) is False
     assert core.cancel(second, 3.0, timed_out=False) is False
@@ -1162,7 +1163,7 @@ def test_attach_on_a_closed_pool_dooms_a_busy_slots_connection_not_a_lent_ones()
     a, b = core.members
     tasks, _ = core.maintain(0.0)
     assert tasks == [(DIAL, a)]
-    assert core.lend(0.0) is b
+    assert core.lend_slow(0.0) is b
     assert core.prepare(b, 0.0) == DIAL
     core.close()
     busy_conn, lent_conn = Conn(), Conn()
@@ -1176,7 +1177,7 @@ def test_attach_on_a_closed_pool_dooms_a_busy_slots_connection_not_a_lent_ones()
     assert a.state is IDLE
     assert not core.idle
     assert core.busy_dials == 0
-    assert core.give_back(b, 2.0) is DRAIN
+    assert core.give_back_slow(b, 2.0) is DRAIN
     assert drain(core) == [lent_conn]
     assert core.connected == 0
 
@@ -1205,8 +1206,8 @@ def forked_pool(release_lent: bool) -> tuple[Core, list[Slot], list[Any]]:
     for _ in range(3):
         get(core, 0.0)
     conns = [a.conn, b.conn, c.conn]
-    core.give_back(b, 0.0)
-    core.give_back(a, 1.0)
+    core.give_back_slow(b, 0.0)
+    core.give_back_slow(a, 1.0)
     tasks, _ = core.maintain(10.0)
     assert tasks == [(CHECK, b)]
     core.broke(c)  # a connection waiting in doomed: the parent closes it
@@ -1228,10 +1229,10 @@ def test_after_fork_releases_idle_busy_and_lent_connections() -> None:
     assert (b.state, c.state) == (IDLE, LENT)
     assert core.connected == 0
     assert core.by_conn == {}
-    assert [core.lend(21.0) for _ in range(3)] == [d, a, b]
-    assert core.lend(21.0) is None  # c is still lent: never lent again before it is put back
-    assert core.give_back(c, 22.0) is None
-    assert core.lend(22.0) is c
+    assert [core.lend_slow(21.0) for _ in range(3)] == [d, a, b]
+    assert core.lend_slow(21.0) is None  # c is still lent: never lent again before it is put back
+    assert core.give_back_slow(c, 22.0) is None
+    assert core.lend_slow(22.0) is c
 
 
 def test_after_fork_keeps_a_lent_client_until_it_is_put_back() -> None:
@@ -1241,14 +1242,14 @@ def test_after_fork_keeps_a_lent_client_until_it_is_put_back() -> None:
     assert c.conn is conn_c  # the holder has it in hand
     assert core.by_conn == {id(conn_c): c}
     assert core.connected == 1
-    assert [core.lend(21.0) for _ in range(3)] == [d, a, b]
-    assert core.lend(21.0) is None
-    assert core.give_back(c, 22.0) is None
+    assert [core.lend_slow(21.0) for _ in range(3)] == [d, a, b]
+    assert core.lend_slow(21.0) is None
+    assert core.give_back_slow(c, 22.0) is None
     assert core.released == [conn_a, conn_b, conn_c]  # dropped without a close
     assert not core.doomed
     assert core.connected == 0
     assert core.by_conn == {}
-    assert core.lend(23.0) is c
+    assert core.lend_slow(23.0) is c
     assert core.prepare(c, 23.0) == DIAL
 
 
@@ -1266,12 +1267,12 @@ def test_after_fork_clears_waiters_and_ends_the_probe() -> None:
     assert not core.checking
     assert list(core.idle) == [a]
     assert core.dial_begin(2.0) == 0.0  # the prober is gone with its thread
-    assert core.lend(2.0) is a
+    assert core.lend_slow(2.0) is a
     waiter = Waiter()
     core.enqueue(waiter, 2.0)
     core.after_fork(release_lent=True)
     assert not core.waiters
-    assert core.give_back(a, 3.0) is None
+    assert core.give_back_slow(a, 3.0) is None
     assert waiter.slot is None
 
 
@@ -1279,8 +1280,8 @@ def test_after_fork_of_a_closed_pool_lends_nothing() -> None:
     core = make_core(3, min_idle=1)
     a, b, c = core.members
     assert core.maintain(0.0) == ([(DIAL, a)], INF)
-    assert core.lend(0.0) is b  # lent, no client yet
-    assert core.lend(0.0) is c
+    assert core.lend_slow(0.0) is b  # lent, no client yet
+    assert core.lend_slow(0.0) is c
     review(core, c, 0.0)
     conn = c.conn
     core.close()
@@ -1290,8 +1291,8 @@ def test_after_fork_of_a_closed_pool_lends_nothing() -> None:
     assert (b.state, b.conn, b.inherited) == (LENT, None, False)
     assert (c.conn, c.inherited) == (conn, True)
     with pytest.raises(PoolClosed):
-        core.lend(1.0)
-    assert core.give_back(b, 1.0) is DRAIN
+        core.lend_slow(1.0)
+    assert core.give_back_slow(b, 1.0) is DRAIN
     assert b.state is IDLE
     assert not core.idle
 
@@ -1303,7 +1304,7 @@ def test_an_inherited_client_put_back_to_a_closed_pool_is_released_not_closed() 
     conn = a.conn
     core.close()
     core.after_fork(release_lent=False)
-    assert core.give_back(a, 1.0) is DRAIN
+    assert core.give_back_slow(a, 1.0) is DRAIN
     assert drain(core) == []
     assert core.released == [conn]
 
@@ -1317,9 +1318,9 @@ def test_a_broken_inherited_client_is_released_not_closed() -> None:
     core.broke(a)  # put(client, broken=True) in the child
     assert core.released == [conn]
     assert a.conn is None
-    assert core.give_back(a, 1.0) is None
+    assert core.give_back_slow(a, 1.0) is None
     assert drain(core) == []
-    assert core.lend(2.0) is a
+    assert core.lend_slow(2.0) is a
     assert core.prepare(a, 2.0) == DIAL
 
 
@@ -1443,7 +1444,7 @@ class ClientPoolModel(RuleBasedStateMachine):
                 assert slot.expires_at > self.now, "lent past its lifetime"
                 self.held.append(slot)
             else:
-                pending.extend(self.served(self.pool.give_back(slot, self.now)))
+                pending.extend(self.served(self.pool.give_back_slow(slot, self.now)))
             fresh = False
 
     def served(self, result: Any) -> list[Slot]:
@@ -1473,10 +1474,10 @@ class ClientPoolModel(RuleBasedStateMachine):
         for _ in range(count):
             if core.closed:
                 with pytest.raises(PoolClosed):
-                    core.lend(self.now)
+                    core.lend_slow(self.now)
                 return
             first = core.idle[0] if core.idle else None
-            slot = core.lend(self.now)
+            slot = core.lend_slow(self.now)
             if slot is None:
                 assert first is None
                 waiter = Waiter(f"w{next(self.serial)}")
@@ -1499,7 +1500,7 @@ class ClientPoolModel(RuleBasedStateMachine):
             core.broke(slot)
             assert slot.conn is None
         conn, expired = slot.conn, self.now >= slot.expires_at
-        result = core.give_back(slot, self.now)
+        result = core.give_back_slow(slot, self.now)
         if expired:
             assert conn in core.doomed, "kept past its lifetime"
         if core.closed:
@@ -1519,7 +1520,7 @@ class ClientPoolModel(RuleBasedStateMachine):
         slot = data.draw(st.sampled_from(candidates))
         before = (slot.state, list(core.idle), core.lends, slot.idle_since, list(core.waiters))
         with pytest.raises(ValueError, match="not lent"):
-            core.give_back(slot, self.now)
+            core.give_back_slow(slot, self.now)
         assert (slot.state, list(core.idle), core.lends, slot.idle_since, list(core.waiters)) == (
             before
         )
@@ -1621,7 +1622,7 @@ class ClientPoolModel(RuleBasedStateMachine):
             assert waiter.closed
             assert core.cancel(waiter, self.now, timed_out=False) is False
         for slot in self.held:
-            assert core.give_back(slot, self.now) is DRAIN
+            assert core.give_back_slow(slot, self.now) is DRAIN
         for kind, slot in self.tasks:
             if kind == CHECK:
                 core.checked(slot, self.now, True)

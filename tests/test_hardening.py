@@ -269,6 +269,7 @@ def test_get_interrupted_while_waiting_for_the_lock_leaves_the_holders_lock_alon
     handler(signal.SIGUSR1, None)  # once unarmed: a tracer meets it before it matters
     previous = signal.signal(signal.SIGUSR1, handler)
     pool = gocp.new(("127.0.0.1", 9), size=1)
+    taken = pool.get(timeout=0)  # nothing idle: the next get needs the lock
     holding, interrupted, release = threading.Event(), threading.Event(), threading.Event()
     owned_after: list[bool] = []
 
@@ -304,5 +305,7 @@ def test_get_interrupted_while_waiting_for_the_lock_leaves_the_holders_lock_alon
             interrupter_thread.join(10)
         signal.signal(signal.SIGUSR1, previous)
     assert owned_after == [True]  # the holder still owned its lock
+    assert pool.stats().waiting == 0  # the interrupted get left no waiter behind
+    pool.put(taken)
     assert pool.get(timeout=0) is pool._core.members[0]  # and the pool works
     pool.close()
