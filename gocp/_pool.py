@@ -33,7 +33,8 @@ from ._worker import Worker
 
 __all__ = ["Lend", "Pool", "new", "pool"]
 
-# Taking the lock on the hot paths (get and put), at about half the cost of ``with``:
+# An uncontended get or put takes no lock at all (see "lending" in gocp._core). Where
+# get must queue, it takes the lock at about half the cost of ``with``:
 #
 #     try:
 #         lock.acquire()

@@ -368,3 +368,62 @@ def test_the_pool_is_generic_over_the_client_type():
 def test_check_interval_without_a_check_hook_is_refused():
     with pytest.raises(ValueError, match="check_interval: needs a check hook"):
         gocp.pool(Dialer(), check_interval=5)
+
+
+def test_a_forked_child_never_closes_or_reuses_the_parents_clients():
+    """After os.fork the child drops inherited clients without calling close on them (the
+    parent still uses them): idle ones at once, a lent one when put back; it dials its
+    own. Run in a fresh interpreter (forking the threaded pytest process would warn)."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import json, os
+        import gocp
+
+        closed = []
+
+        class Client:
+            def close(self):
+                closed.append((os.getpid(), id(self)))
+
+        pool = gocp.pool(Client, size=2)
+        lent, idle = pool.get(timeout=0), pool.get(timeout=0)
+        pool.put(idle)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            out = {}
+            mine = pool.get(timeout=0)
+            out["new_client"] = mine is not idle and mine is not lent
+            pool.put(lent)  # the parent's: released, not closed
+            pool.put(mine)
+            pool.close()
+            out["closed_parents"] = [c for c in closed if c[1] in (id(lent), id(idle))]
+            out["closed_own"] = len(closed)
+            os.write(write, json.dumps(out).encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as pipe:
+            child = json.loads(pipe.read())
+        pool.put(lent)
+        pool.close()
+        child["parent_closed"] = len(closed)
+        print(json.dumps(child))
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    child = json.loads(run.stdout.strip().splitlines()[-1])
+    assert child == {
+        "new_client": True,
+        "closed_parents": [],  # neither inherited client was closed in the child
+        "closed_own": 1,  # only the child's own client, at close
+        "parent_closed": 2,  # the parent closes its two at close
+    }
