@@ -278,15 +278,11 @@ class PoolCore(Generic[S, W]):
         those before it), unless a slot came back meanwhile: then it is lent to the
         caller at once and returned (the waiter is not queued)."""
         waiter.since = now
-        idle = self.idle
-        if idle:  # a give_back without the lock put it there since lend looked
-            slot = idle[0]
-            del idle[0]
-            slot.state = LENT
-            slot.seq += 1
-            slot.lent_at = now
-            slot.pending = now >= slot.due_at
+        slot = self.lend(now)  # a give_back without the lock may have put one back since
+        if slot is not None:
             return slot
+        # No call from lend's look at ``idle`` to the append (a return is none): a
+        # give_back either came before it (and lend took that slot) or sees this waiter.
         self.waits += 1
         self.waiters.append(waiter)
         return None
