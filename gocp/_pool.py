@@ -345,10 +345,8 @@ class Pool(Generic[T]):
     def _give_back(self, slot: Any, seq: int, *, broken: bool) -> None:
         """Give back the lend ``seq`` of ``slot`` if it is still lent (an undone ``get``, an
         interrupted ``put``): idempotent, never another lend's."""
-        if slot.state is not LENT or slot.seq != seq:
-            return  # given back already (and maybe lent again: not ours to touch)
-        if self._sockets:
-            slot._forget_lend()  # still ours: nobody else changes a lent slot
+        if slot.state is LENT and slot.seq == seq and self._sockets:
+            slot._forget_lend()  # still ours (nobody else changes a lent slot); else not ours
         with self._lock:
             if slot.state is LENT and slot.seq == seq:
                 if broken:
