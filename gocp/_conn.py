@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._address import Address
 from ._config import check_timeout
@@ -17,6 +16,7 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
     from ._hub import Hub
+    from ._sockets import SocketConnector
 
 __all__ = ["PersistentConn"]
 
@@ -56,13 +56,14 @@ class PersistentConn(Slot):
     """
 
     __module__ = "gocp"
-    __slots__ = ("__weakref__", "_aborted", "_dirty", "_hub", "_io", "_timeout")
+    __slots__ = ("__weakref__", "_aborted", "_connector", "_dirty", "_hub", "_io", "_timeout")
 
     def __init__(self, hub: Hub, index: int, *, overflow: bool = False) -> None:
         super().__init__(index, overflow=overflow)
         self._hub = hub
+        self._connector: SocketConnector = hub.connector  # type: ignore[assignment]
         self._io: Socket | None = None  # the socket, once this lend's first I/O checked it
-        self._timeout: float | None = hub.connector.io_timeout  # type: ignore[attr-defined]
+        self._timeout: float | None = self._connector.io_timeout
         self._dirty = 0  # what this lend changed that put must undo (_TIMEOUT_CHANGED...)
         self._aborted = False  # abort() shut the current socket down
 
@@ -71,7 +72,7 @@ class PersistentConn(Slot):
     @property
     def address(self) -> Address:
         """The ``(host, port)`` this member connects to."""
-        return self._hub.connector.address  # type: ignore[attr-defined, no-any-return]
+        return self._connector.address
 
     @property
     def socket(self) -> Socket:
@@ -103,7 +104,7 @@ class PersistentConn(Slot):
         link = "connected" if self.conn is not None else "disconnected"
         kind = " overflow" if self.overflow else ""
         return (
-            f"<gocp.PersistentConn{kind} #{self.index} {self._hub.connector.label} "
+            f"<gocp.PersistentConn{kind} #{self.index} {self._connector.label} "
             f"{self.state.value} {link}>"
         )
 
@@ -229,21 +230,20 @@ class PersistentConn(Slot):
             raise ValueError(f"{self!r} is not lent: get it from the pool before using it")
         hub = self._hub
         sock: Socket | None = self.conn
-        if self.state is BUSY and (sock is None or hub.connector.stale(sock)):
+        if self.state is BUSY and (sock is None or self._connector.stale(sock)):
             # A background check: a dead connection fails it; redialling is not its job.
             raise ConnectionBroken(
-                f"{hub.connector.label}: the checked connection is gone",
-                address=hub.connector.label,
+                f"{self._connector.label}: the checked connection is gone",
+                address=self._connector.label,
             )
-        if sock is not None and hub.connector.stale(sock):
+        if sock is not None and self._connector.stale(sock):
             # Nothing of this lend was sent: a socket the peer closed or reset while
             # idle (a server restart) is replaced. Safe.
             hub.stale(self)
             sock = None
         if sock is None:
-            connector: Any = hub.connector
             self._aborted = False  # an abort() was about the socket that is gone
-            sock = hub.dial(self, time.monotonic() + connector.dial_timeout)
+            sock = hub.dial(self)
             if self._dirty & _TIMEOUT_CHANGED:
                 sock.settimeout(self._timeout)
         self._io = sock
@@ -268,13 +268,13 @@ class PersistentConn(Slot):
         """At put, when the lend changed something (``_dirty``): undo it. False if the
         socket can no longer be trusted (the holder closed what it took as ``socket``)."""
         dirty, self._dirty = self._dirty, 0
-        self._timeout = self._hub.connector.io_timeout  # type: ignore[attr-defined]
+        self._timeout = self._connector.io_timeout
         sock = self.conn
         if sock is None:
             return True
         try:
             if dirty & _SOCKET_TAKEN:
-                self._hub.connector.restore(sock)  # type: ignore[attr-defined]
+                self._connector.restore(sock)
             else:
                 sock.settimeout(self._timeout)
         except OSError:  # e.g. the holder closed the socket it took with conn.socket
@@ -287,7 +287,7 @@ class PersistentConn(Slot):
         self._io = None
         self._aborted = False
         hub = self._hub
-        address = hub.connector.label
+        address = self._connector.label
         if aborted:
             error: ConnectionBroken = ConnectionBroken(
                 f"{op} on {address}: aborted", address=address

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._backoff import Backoff
-from ._errors import DialError, PoolClosed, PoolTimeout
+from ._errors import DialError, PoolClosed, PoolTimeout, describe
 
 if TYPE_CHECKING:
     from ._config import Options
@@ -552,7 +552,7 @@ class PoolCore(Generic[S, W]):
         why = "another caller is probing it" if backoff.probing else "backing off"
         error = DialError(
             f"dial {self.label}: {why} after {backoff.failures} failed attempts "
-            f"(last: {_describe(backoff.last_error)}); next attempt in {wait:.3f}s",
+            f"(last: {describe(backoff.last_error)}); next attempt in {wait:.3f}s",
             address=self.label,
             retry_in=wait,
         )
@@ -564,7 +564,7 @@ class PoolCore(Generic[S, W]):
         retry_in = self.backoff.failed(now, started, exc)
         self.dial_failures += 1
         error = DialError(
-            f"dial {self.label} failed: {_describe(exc)}; next attempt in {retry_in:.3f}s",
+            f"dial {self.label} failed: {describe(exc)}; next attempt in {retry_in:.3f}s",
             address=self.label,
             retry_in=retry_in,
         )
@@ -759,10 +759,3 @@ class PoolCore(Generic[S, W]):
                 f"{where(oldest.stack)}"
             )
         return PoolTimeout(text, timeout=timeout)
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "none"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -9,7 +9,16 @@ __all__ = [
     "IOTimeout",
     "PoolClosed",
     "PoolTimeout",
+    "describe",
 ]
+
+
+def describe(exc: BaseException | None) -> str:
+    """``"Type: message"`` (or ``"Type"``) for errors and log lines; ``"none"`` for None."""
+    if exc is None:
+        return "none"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Error(Exception):

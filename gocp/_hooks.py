@@ -23,6 +23,8 @@ class HookConnector:
 
     #: A member lent at fork time keeps its client until put back (its holder has it).
     release_lent = False
+    #: The hooks bound their own I/O.
+    dial_timeout: float | None = None
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._core import BUSY, CHECK, DIAL, DRAIN, IDLE, LEAK, LENT, WAKE, PoolCore, Slot
-from ._errors import ConnectionBroken, DialError, PoolClosed
+from ._errors import ConnectionBroken, DialError, PoolClosed, describe
 from ._log import EventLog
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ class Connector(Protocol):
 
     @property
     def can_check(self) -> bool: ...
+    @property
+    def dial_timeout(self) -> float | None: ...  # a connect's bound (None: the hook's own)
     def connect(self, deadline: float | None) -> Any: ...
     def check(self, slot: Slot) -> bool: ...
     def close(self, conn: Any) -> None: ...
@@ -100,10 +102,11 @@ class Hub:
 
     # -- dialling -------------------------------------------------------------------
 
-    def dial(self, slot: Slot, deadline: float | None) -> Any:
+    def dial(self, slot: Slot, by: float | None = None) -> Any:
         """Make a connection for a lent or busy ``slot`` and attach it; return it.
 
-        ``deadline`` (``time.monotonic``) bounds a socket connect. During the
+        A socket connect is bounded by ``dial_timeout`` and, earlier, by ``by``
+        (``time.monotonic``: the caller's own deadline). During the
         backoff this raises ``DialError`` at once (with ``retry_in``); a failed
         dial raises ``DialError`` with the failure as its cause. Whatever
         interrupts it, the probe it held is given up and a connection it made
@@ -111,6 +114,12 @@ class Hub:
         """
         core, lock = self.core, self.lock
         started = self.clock()
+        deadline = None
+        limit = self.connector.dial_timeout
+        if limit is not None:
+            deadline = time.monotonic() + limit
+            if by is not None:  # past ``by`` already: a last, near-instant try
+                deadline = min(deadline, max(by, time.monotonic() + 0.001))
         wait: float | None = None
         conn: Any = None
         done = False
@@ -129,7 +138,7 @@ class Hub:
                 self.report(
                     "warning",
                     "dial_failed",
-                    error=_describe(exc),
+                    error=describe(exc),
                     attempt=attempt,
                     retry_in=round(error.retry_in, 3),
                 )
@@ -172,7 +181,7 @@ class Hub:
             ok = self.connector.check(slot)
         except Exception as exc:  # noqa: BLE001 - a user hook: any failure means dead
             failed = not isinstance(exc, ConnectionBroken)  # the socket's own I/O failed
-            self.report("warning", "check_failed", member=slot.index, error=_describe(exc))
+            self.report("warning", "check_failed", member=slot.index, error=describe(exc))
         finally:
             with self.lock:
                 self.core.checked(slot, self.clock(), ok, hook_failed=failed)
@@ -209,14 +218,14 @@ class Hub:
         except Exception as exc:  # noqa: BLE001 - a user hook or close(): report, go on
             with self.lock:
                 self.core.hook_failed()
-            self.report("warning", "close_failed", error=_describe(exc))
+            self.report("warning", "close_failed", error=describe(exc))
 
     def broke(self, slot: Slot, op: str, exc: BaseException) -> None:
         """A lent slot's connection failed during I/O: close it (it redials on next use)."""
         with self.lock:
             self.core.broke(slot)
         self.drain()
-        self.report("warning", "connection_broken", error=_describe(exc), op=op, member=slot.index)
+        self.report("warning", "connection_broken", error=describe(exc), op=op, member=slot.index)
 
     def stale(self, slot: Slot) -> None:
         """A lent slot's idle connection was closed by the peer: replace it (nothing sent)."""
@@ -255,8 +264,7 @@ class Hub:
                     self._restore(slot, dialled=False)
             elif kind == DIAL:
                 try:
-                    deadline = time.monotonic() + getattr(self.connector, "dial_timeout", 0.0)
-                    self.dial(slot, deadline)
+                    self.dial(slot)
                 except (DialError, PoolClosed):
                     pass  # reported by dial; the backoff decides when to try again
                 finally:
@@ -342,8 +350,3 @@ def format_stack(stack: Any) -> str:
         return "unknown (leak_timeout was not set when it was taken)"
     frame = stack[-1]
     return f"{frame.filename}:{frame.lineno} in {frame.name}"
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -302,18 +302,12 @@ class Pool(Generic[T]):
         With one attempt, a backoff in progress fails at once (``DialError``, ``retry_in``)."""
         hub, core = self._hub, self._core
         deadline = None if timeout is None else _monotonic() + timeout
-        dial_timeout = getattr(hub.connector, "dial_timeout", None)
         attempts = math.inf if connect else self.options.dial_attempts
         made = 0
         while True:
-            connect_by = None
-            if dial_timeout is not None:
-                connect_by = _monotonic() + dial_timeout
-                if deadline is not None:
-                    connect_by = min(connect_by, max(deadline, _monotonic() + 0.001))
             dials = core.dials
             try:
-                hub.dial(slot, connect_by)
+                hub.dial(slot, deadline)
                 return
             except DialError as exc:
                 made += core.dials - dials  # 0: the backoff refused it, nothing was tried
