@@ -199,6 +199,7 @@ class PoolCore(Generic[S, W]):
         # counters (lends: the slots' seq, plus retired overflow slots')
         self.retired_lends = self.waits = self.timeouts = 0
         self.dials = self.dial_failures = self.broken = self.stale = 0
+        self.dialling = 0  # dials in flight (a cluster steers gets away from them)
         self.leaks = self.hook_failures = 0
         self.wait_time = 0.0
         self.closed_by = dict.fromkeys(
@@ -544,6 +545,7 @@ class PoolCore(Generic[S, W]):
         wait = self.backoff.begin(now)
         if wait == 0.0:
             self.dials += 1
+            self.dialling += 1
         return wait
 
     def backoff_error(self, wait: float) -> DialError:
@@ -563,6 +565,7 @@ class PoolCore(Generic[S, W]):
         """Record a failed dial that began at ``started``; return the error to raise."""
         retry_in = self.backoff.failed(now, started, exc)
         self.dial_failures += 1
+        self.dialling -= 1
         error = DialError(
             f"dial {self.label} failed: {describe(exc)}; next attempt in {retry_in:.3f}s",
             address=self.label,
@@ -575,11 +578,29 @@ class PoolCore(Generic[S, W]):
         """Record a dial that worked; return how many had failed before it (0: none)."""
         failures = self.backoff.failures
         self.backoff.succeeded()
+        self.dialling -= 1
         return failures
+
+    # The dial health a cluster reads (``gocp._balance.Health``).
+
+    def blocked(self, now: float) -> float:
+        """Seconds before a dial may go ahead (a backoff window, or a probe in flight)."""
+        return self.backoff.blocked(now)
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failed dials (0: the server is up)."""
+        return self.backoff.failures
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """Why the last dial failed (``None`` once one worked)."""
+        return self.backoff.last_error
 
     def dial_abandoned(self, started: float) -> None:
         """A dial allowed at ``started`` ended with no outcome (interrupted)."""
         self.backoff.abandoned(started)
+        self.dialling -= 1
 
     # -- the pool taking slots for itself (checks, background dials) -------------------
 
@@ -704,6 +725,7 @@ class PoolCore(Generic[S, W]):
         is gone."""
         self.waiters.clear()
         self.busy_dials = 0
+        self.dialling = 0
         self.checking.clear()
         self.backoff.abandoned()
         self.doomed.clear()  # the parent closes those

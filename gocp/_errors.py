@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ClusterUnavailable",
     "ConnectionBroken",
     "DialError",
     "Error",
@@ -62,6 +63,23 @@ class DialError(Error, ConnectionError):
         super().__init__(message)
         self.address = address
         self.retry_in = retry_in
+
+
+class ClusterUnavailable(DialError):
+    """Every server of a cluster is down (or it has none): raised by ``get`` at once.
+
+    ``reasons`` maps each server's address to why it is down; ``retry_in``
+    is the seconds until the first server's backoff ends (a get then tries
+    it). Nothing was sent.
+    """
+
+    __module__ = "gocp"
+
+    def __init__(
+        self, message: str, *, address: str, retry_in: float, reasons: dict[str, str]
+    ) -> None:
+        super().__init__(message, address=address, retry_in=retry_in)
+        self.reasons = reasons
 
 
 class PoolTimeout(Error, TimeoutError):

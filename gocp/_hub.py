@@ -75,6 +75,7 @@ class Hub:
         "core",
         "lock",
         "log",
+        "on_idle",
         "pool_ref",
         "ready",
         "worker",
@@ -99,6 +100,9 @@ class Hub:
         self.closing = threading.Event()  # set by close: ends waits between dial attempts
         self.pool_ref: Callable[[], Pool[Any] | None] = lambda: None
         self.worker: Any = None  # the background thread, when an option needs one
+        # Called (outside the lock) when the pool's own work gave a slot back to the idle
+        # ring: a cluster waiting on several pools at once hears of it here.
+        self.on_idle: Callable[[], None] | None = None
 
     # -- dialling -------------------------------------------------------------------
 
@@ -209,7 +213,7 @@ class Hub:
                 self.close_conn(conn)
                 raise
         if self.worker is not None and self.core.min_idle:
-            self.worker.wake()
+            self.worker.wake(self)
 
     def close_conn(self, conn: Any) -> None:
         """Close one connection; a close that fails is reported, never raised."""
@@ -298,6 +302,9 @@ class Hub:
         with self.lock:
             self.wake(self.core.restore(slot, self.clock(), dialled=dialled))
         self.drain()
+        on_idle = self.on_idle
+        if on_idle is not None:
+            on_idle()
 
     # -- closing, forking -------------------------------------------------------------
 
@@ -317,7 +324,7 @@ class Hub:
                     self.connector.interrupt(slot.conn)
         self.closing.set()
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.remove(self)
         self.drain()
 
     def after_fork(self) -> None:

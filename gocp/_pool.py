@@ -17,9 +17,11 @@ import traceback
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from ._address import AddressLike, format_address, parse_address
+import attrs
+
+from ._address import Address, AddressLike, format_address, parse_address
 from ._config import Options, check_bool, check_size, check_timeout
 from ._conn import PersistentConn
 from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
@@ -31,7 +33,16 @@ from ._sockets import SocketConnector
 from ._stats import MemberStats, PoolStats
 from ._worker import Worker
 
-__all__ = ["Lend", "Pool", "new", "pool"]
+__all__ = [
+    "Lend",
+    "Pool",
+    "check_hook",
+    "client_options",
+    "client_pool",
+    "new",
+    "pool",
+    "socket_pool",
+]
 
 # An uncontended get or put takes no lock at all (see "lending" in gocp._core). Where
 # get must queue, it takes the lock at about half the cost of ``with``:
@@ -59,18 +70,36 @@ __all__ = ["Lend", "Pool", "new", "pool"]
 # ``seq`` tells the lend being undone or finished from a later one.
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 _monotonic = time.monotonic
 
 
+class Lender(Protocol[T_co]):
+    """What a ``Lend`` lends from: a pool, a keyed pool, a cluster."""
+
+    def _lend(self, key: Any, timeout: float | None, fresh: bool, connect: bool) -> T_co: ...
+    def _return(self, conn: Any, exc: BaseException | None) -> None: ...
+
+
 class Lend(Generic[T]):
-    """What ``Pool.connection`` returns: a one-use context manager around get/put."""
+    """What ``connection()`` returns: a one-use context manager around ``get`` and
+    ``put`` (of a ``Pool``, a ``KeyedPool`` or a ``Cluster``)."""
 
     __module__ = "gocp"
-    __slots__ = ("_conn", "_connect", "_fresh", "_pool", "_timeout")
+    __slots__ = ("_conn", "_connect", "_fresh", "_key", "_owner", "_timeout")
 
-    def __init__(self, pool: Pool[T], timeout: float | None, *, fresh: bool, connect: bool) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        owner: Lender[T],
+        key: Any,
+        timeout: float | None,
+        *,
+        fresh: bool = False,
+        connect: bool = False,
+    ) -> None:
+        self._owner = owner
+        self._key = key
         self._timeout = timeout
         self._fresh = fresh
         self._connect = connect
@@ -78,8 +107,9 @@ class Lend(Generic[T]):
 
     def __enter__(self) -> T:
         if self._conn is not None:
-            raise RuntimeError("a Pool.connection() context can be entered once")
-        conn = self._conn = self._pool.get(self._timeout, fresh=self._fresh, connect=self._connect)
+            raise RuntimeError("a connection() context can be entered once")
+        # One plain call (no *args): an interrupt cannot land between get and the store.
+        conn = self._conn = self._owner._lend(self._key, self._timeout, self._fresh, self._connect)
         return conn
 
     def __exit__(
@@ -90,7 +120,7 @@ class Lend(Generic[T]):
     ) -> None:
         conn = self._conn
         assert conn is not None
-        self._pool._return(conn, exc)
+        self._owner._return(conn, exc)
 
 
 class Pool(Generic[T]):
@@ -115,6 +145,7 @@ class Pool(Generic[T]):
         logger: object,
         sockets: bool,
         address: str | None,
+        worker: Worker | None = None,
     ) -> None:
         size = check_size(size)
         if options.min_idle > size:
@@ -165,11 +196,13 @@ class Pool(Generic[T]):
         ]
         if intervals or options.min_idle:
             cap = max(0.001, min(intervals, default=1.0) / 4)
-            hub.worker = Worker(hub, cap=cap, name=self.name)
-            subscribe = getattr(clock, "subscribe", None)
-            if callable(subscribe):
-                subscribe(hub.worker.wake)
-            hub.worker.start()
+            if worker is None:
+                worker = Worker(cap=cap, name=self.name)
+                subscribe = getattr(clock, "subscribe", None)
+                if callable(subscribe):
+                    subscribe(worker.wake)
+            hub.worker = worker
+            worker.add(hub, cap=cap)
 
     # -- lending ---------------------------------------------------------------
 
@@ -188,7 +221,14 @@ class Pool(Generic[T]):
         """Whether ``close`` was called."""
         return self._core.closed
 
-    def get(self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False) -> T:
+    def get(
+        self,
+        timeout: float | None = None,
+        *,
+        fresh: bool = False,
+        connect: bool = False,
+        _or_none: bool = False,
+    ) -> T:
         """Lend a member, waiting up to ``timeout`` seconds (``None``: no bound) for one.
 
         Waiters are served first come, first served; ``timeout=0`` takes a
@@ -203,6 +243,7 @@ class Pool(Generic[T]):
         Raises ``PoolTimeout`` when the time runs out, ``PoolClosed`` when the
         pool is closed (also while waiting), ``DialError`` when a needed dial
         fails or the server is backing off (the member goes back to the pool).
+        (``_or_none`` is internal: a cluster's ``get(0)`` returns ``None``.)
         """
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
@@ -221,6 +262,8 @@ class Pool(Generic[T]):
                     slot = core.lend_slow(now)
                     if slot is None:
                         if timeout == 0:
+                            if _or_none:  # a cluster asking: not a timeout of this pool
+                                return None  # type: ignore[return-value]
                             raise core.exhausted(0.0, now, format_stack, count=True)
                         spare = self._spare_waiters
                         waiter = spare.pop() if spare else Waiter()
@@ -433,20 +476,53 @@ class Pool(Generic[T]):
             slot = self._slot_of(conn)
             if slot is not None:
                 seq = slot.seq  # the lend being returned, before put can end it
-            broken = False
-            if exc is not None:
-                if self._sockets:
-                    broken = conn._used()
-                if not self._sockets or broken:
-                    try:
-                        broken = self.options.is_broken(exc)
-                    except Exception as error:  # noqa: BLE001 - a failing predicate
-                        self._hub.report("warning", "broken_on_failed", error=repr(error))
-                        broken = True
-            self.put(conn, broken=broken)
+            self.put(conn, broken=self._broken_by(conn, exc))
         except BaseException:
             self._finish_put(conn, slot, seq, True)
             raise
+
+    def _broken_by(self, conn: Any, exc: BaseException | None) -> bool:
+        """Whether a ``with`` block that raised ``exc`` leaves ``conn`` broken."""
+        if exc is None:
+            return False
+        if self._sockets and not conn._used():
+            return False  # no I/O in this lend: the stream is as it was
+        try:
+            return self.options.is_broken(exc)
+        except Exception as error:  # noqa: BLE001 - a failing predicate
+            self._hub.report("warning", "broken_on_failed", error=repr(error))
+            return True
+
+    def _connect(self, conn: Any, by: float | None) -> None:
+        """Make sure a socket member just lent holds a live socket: replace one the peer
+        closed, dial (one attempt, within ``dial_timeout`` and ``by``) one it lacks. On
+        failure (``DialError``, or an interrupt) the member is given back and the error
+        raised: a cluster then tries another server."""
+        slot = conn
+        seq = slot.seq
+        hub = self._hub
+        try:
+            sock = slot.conn
+            if sock is not None:
+                if not hub.connector.stale(sock):
+                    return
+                hub.stale(slot)
+            hub.dial(slot, by)
+        except BaseException:
+            taken = [slot, seq]
+            try:
+                self._abandon(taken, None)
+            except BaseException:
+                self._abandon(taken, None)
+                raise
+            raise
+
+    def _has_lent(self) -> bool:
+        """Whether a member is lent or a caller waits (read without the lock)."""
+        core = self._core
+        if core.waiters:
+            return True
+        return any(slot.state is LENT for slot in (*core.members, *core.extra))
 
     def connection(
         self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
@@ -460,7 +536,10 @@ class Pool(Generic[T]):
         leaves it as it was). ``get``'s errors (``PoolTimeout``,
         ``PoolClosed``, ``DialError``) raise at ``with``.
         """
-        return Lend(self, timeout, fresh=fresh, connect=connect)
+        return Lend(self, None, timeout, fresh=fresh, connect=connect)
+
+    def _lend(self, key: Any, timeout: float | None, fresh: bool, connect: bool) -> T:
+        return self.get(timeout, fresh=fresh, connect=connect)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until ``min_idle`` members are connected (at once when ``min_idle`` is 0).
@@ -625,12 +704,43 @@ def new(
     Raises ``TypeError`` or ``ValueError`` naming the bad argument.
     """
     parsed = parse_address(address)
-    if check is not None and not callable(check):
-        raise TypeError(f"check: expected a callable or None, got {check!r}")
+    check_hook("check", check, optional=True)
     opts = Options.build(options, check=check is not None)
-    connector = SocketConnector(parsed, opts, check=check)
-    text = format_address(parsed)
-    return Pool(connector, size=size, options=opts, logger=logger, sockets=True, address=text)
+    return socket_pool(parsed, size=size, options=opts, logger=logger, check=check)
+
+
+def socket_pool(
+    address: Address,
+    *,
+    size: int,
+    options: Options,
+    logger: object,
+    check: Callable[[PersistentConn], object] | None,
+    name: str | None = None,
+    worker: Worker | None = None,
+) -> Pool[PersistentConn]:
+    """``gocp.new`` once its arguments are checked: keyed pools and clusters make theirs
+    here (``name`` overrides the option's, ``worker`` is the thread they share)."""
+    if name is not None:
+        options = attrs.evolve(options, name=name)
+    connector = SocketConnector(address, options, check=check)
+    text = format_address(address)
+    return Pool(
+        connector,
+        size=size,
+        options=options,
+        logger=logger,
+        sockets=True,
+        address=text,
+        worker=worker,
+    )
+
+
+def check_hook(name: str, hook: object, *, optional: bool) -> None:
+    """A ``TypeError`` naming ``name`` unless ``hook`` is callable (or None, if optional)."""
+    if not callable(hook) and not (optional and hook is None):
+        expected = "a callable or None" if optional else "a callable"
+        raise TypeError(f"{name}: expected {expected}, got {hook!r}")
 
 
 def pool(
@@ -656,19 +766,53 @@ def pool(
     to). Socket options (``dial_timeout``, ``io_timeout``, ``nodelay``,
     ``keepalive``) are a ``TypeError``: the hooks bound their own I/O.
     """
-    for name, hook, optional in (("dial", dial, False), ("check", check, True)):
-        if not callable(hook) and not (optional and hook is None):
-            raise TypeError(f"{name}: expected a callable, got {hook!r}")
-    if close is not None and not callable(close):
-        raise TypeError(f"close: expected a callable or None, got {close!r}")
+    check_hook("dial", dial, optional=False)
+    check_hook("check", check, optional=True)
+    check_hook("close", close, optional=True)
+    opts = client_options(options, check=check)
+    label = opts.name or getattr(dial, "__qualname__", None) or type(dial).__qualname__
+    return client_pool(
+        dial, size=size, options=opts, logger=logger, check=check, close=close, label=label
+    )
+
+
+def client_options(options: dict[str, Any], *, check: object) -> Options:
+    """The options of a pool of clients: no socket options; a check interval needs a check."""
     opts = Options.build(options, sockets=False, check=check is not None)
     if check is None and opts.check_interval is not None:
         raise ValueError("check_interval: needs a check hook (check=...) in a pool of clients")
-    label = opts.name or getattr(dial, "__qualname__", None) or type(dial).__qualname__
+    return opts
+
+
+def client_pool(
+    dial: Callable[[], T],
+    *,
+    size: int,
+    options: Options,
+    logger: object,
+    check: Callable[[T], object] | None,
+    close: Callable[[T], object] | None,
+    label: str,
+    address: str | None = None,
+    name: str | None = None,
+    worker: Worker | None = None,
+) -> Pool[T]:
+    """``gocp.pool`` once its arguments are checked (see ``socket_pool``; ``label`` names
+    the server in logs and errors, ``address`` in stats)."""
+    if name is not None:
+        options = attrs.evolve(options, name=name)
     connector = HookConnector(
-        dial, check=check, close=close, label=label, probe_lease=opts.retry_max
+        dial, check=check, close=close, label=label, probe_lease=options.retry_max
     )
-    return Pool(connector, size=size, options=opts, logger=logger, sockets=False, address=None)
+    return Pool(
+        connector,
+        size=size,
+        options=options,
+        logger=logger,
+        sockets=False,
+        address=address,
+        worker=worker,
+    )
 
 
 new.__module__ = "gocp"
