@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable, Mapping
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["BUSY", "DIALLING", "DOWN", "RATE", "REMOVED", "Balancer", "Health", "Server"]
+from ._backoff import Backoff
+
+__all__ = ["BUSY", "DIALLING", "DOWN", "RATE", "REMOVED", "Balancer", "Dials", "Server"]
 
 P = TypeVar("P")
 
@@ -41,32 +43,35 @@ REMOVED = "removed"
 MAX_WEIGHT = 1000
 
 
-class Health(Protocol):
-    """A server's pool, as the balancer sees it: its backoff and its dials in flight."""
+class Dials(Protocol):
+    """A server's pool core, as the balancer sees it: its dials in flight."""
 
-    def blocked(self, now: float) -> float:
-        """Seconds before a dial may go ahead (0.0: now)."""
-        ...
-
-    @property
-    def failures(self) -> int: ...
     @property
     def dialling(self) -> int: ...
-    @property
-    def last_error(self) -> BaseException | None: ...
 
 
 class Server(Generic[P]):
     """One server of a cluster: its pool and its share of the traffic."""
 
-    __slots__ = ("address", "current", "health", "pool", "removed", "stamp", "tokens", "weight")
+    __slots__ = (
+        "address",
+        "backoff",
+        "core",
+        "pool",
+        "removed",
+        "stamp",
+        "tokens",
+        "weight",
+    )
 
-    def __init__(self, address: Hashable, weight: int, pool: P, health: Health) -> None:
+    def __init__(
+        self, address: Hashable, weight: int, pool: P, backoff: Backoff, core: Dials
+    ) -> None:
         self.address = address
         self.weight = weight
         self.pool = pool
-        self.health = health
-        self.current = 0  # smooth weighted round robin state (when laying out schedule)
+        self.backoff = backoff  # its pool's dial backoff: its health
+        self.core = core
         self.tokens = math.inf  # the token bucket (inf: no rate limit)
         self.stamp = 0.0  # when tokens were last topped up
         self.removed = False
@@ -76,9 +81,9 @@ class Server(Generic[P]):
         next get tries it), ``"removed"``."""
         if self.removed:
             return REMOVED
-        if not self.health.failures:
+        if not self.backoff.failures:
             return "up"
-        return DOWN if self.health.blocked(now) > 0 else "trial"
+        return DOWN if self.backoff.blocked(now) > 0 else "trial"
 
 
 class Balancer(Generic[P]):
@@ -99,11 +104,13 @@ class Balancer(Generic[P]):
 
     # -- membership ----------------------------------------------------------------
 
-    def add(self, address: Hashable, weight: int, pool: P, health: Health, now: float) -> Server[P]:
+    def add(
+        self, address: Hashable, weight: int, pool: P, *, backoff: Backoff, core: Dials, now: float
+    ) -> Server[P]:
         """A new server (its bucket full). ``ValueError`` if ``address`` is there already."""
         if address in self.servers:
             raise ValueError(f"address: {address!r} is in the cluster already")
-        server = Server(address, weight, pool, health)
+        server = Server(address, weight, pool, backoff, core)
         if self.burst is not None:
             server.tokens = self.burst
             server.stamp = now
@@ -143,17 +150,17 @@ class Balancer(Generic[P]):
 
     # -- a get's turn ----------------------------------------------------------------
 
-    def admit(self, server: Server[P], now: float, *, patient: bool) -> str | None:
+    def admit(self, server: Server[P], now: float, patient: bool) -> str | None:
         """Whether ``server`` may serve a get now: ``None`` (yes; a token was taken) or the
         kind of reason why not (``DOWN``, ``RATE``, ``DIALLING``, ``REMOVED``). An
         impatient get (the first pass over the servers) also skips a server with a dial
         in flight, so a server that hangs delays one get, not one in N."""
         if server.removed:
             return REMOVED
-        health = server.health
-        if health.failures and health.blocked(now) > 0:
+        backoff = server.backoff
+        if backoff.failures and backoff.blocked(now) > 0:
             return DOWN
-        if not patient and health.dialling:
+        if not patient and server.core.dialling:
             return DIALLING
         if self.rate is not None:
             self._top_up(server, now)
@@ -184,9 +191,9 @@ class Balancer(Generic[P]):
         return max(0.0, (1.0 - server.tokens) / self.rate)
 
     def verdict(
-        self, reasons: dict[Hashable, tuple[str, str]], now: float
+        self, reasons: Mapping[Hashable, tuple[str, object]], now: float
     ) -> tuple[bool, float | None]:
-        """After a pass in which no server lent (``reasons``: address -> (kind, text)):
+        """After a pass in which no server lent (``reasons``: address -> (kind, detail)):
         ``(True, retry_in)`` if every server is down (no server at all: retry_in 0), else
         ``(False, wait)`` where ``wait`` is when something may change without a put (a
         token, a backoff ending; ``None``: only a put can help)."""
@@ -195,10 +202,10 @@ class Balancer(Generic[P]):
             server
             for server in servers
             if reasons.get(server.address, ("",))[0] == DOWN
-            or (server.health.failures and server.health.blocked(now) > 0)
+            or (server.backoff.failures and server.backoff.blocked(now) > 0)
         ]
         if len(down) == len(servers):
-            ends = [server.health.blocked(now) for server in down]
+            ends = [server.backoff.blocked(now) for server in down]
             return True, min(ends, default=0.0)
         waits: list[float] = []
         for server in servers:
@@ -206,10 +213,5 @@ class Balancer(Generic[P]):
             if kind == RATE:
                 waits.append(self.next_token(server, now))
             elif kind == DOWN:
-                waits.append(server.health.blocked(now))
+                waits.append(server.backoff.blocked(now))
         return False, min(waits) if waits else None
-
-
-def text_of(reasons: dict[Hashable, tuple[str, str]], show: Callable[[Hashable], str]) -> str:
-    """``"a:1 busy (...); b:2 down (...)"``: the reasons of a failed get, for its error."""
-    return "; ".join(f"{show(address)} {text}" for address, (_, text) in reasons.items())

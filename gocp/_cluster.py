@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Mapping
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._balance import BUSY, DIALLING, DOWN, MAX_WEIGHT, RATE, REMOVED, Balancer, Server, text_of
+from ._balance import BUSY, DIALLING, DOWN, MAX_WEIGHT, RATE, REMOVED, Balancer, Server
 from ._compose import Factory, Members, factory
 from ._config import check_bool, check_timeout
 from ._errors import ClusterUnavailable, DialError, PoolClosed, PoolTimeout, describe
@@ -87,7 +87,10 @@ class Cluster(Generic[T]):
             hub = pool._hub
             hub.pool_ref = weakref.ref(self)  # type: ignore[assignment] # members' `with`
             hub.on_idle = self._poke_ref
-            server = self._balancer.add(key, weight, pool, pool._core, self._clock())
+            core = pool._core
+            server = self._balancer.add(
+                key, weight, pool, backoff=core.backoff, core=core, now=self._clock()
+            )
             self._members.register(server)
             self._generation += 1
             self._changed.notify_all()
@@ -125,7 +128,6 @@ class Cluster(Generic[T]):
         """
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
-        check_bool("fresh", fresh)
         ticket = next(self._balancer.tickets)
         deadline = None if timeout is None else _monotonic() + timeout
         by = None
@@ -137,7 +139,7 @@ class Cluster(Generic[T]):
             while True:
                 if self._closed:
                     raise PoolClosed(f"cluster {self.name} is closed")
-                reasons: dict[Hashable, tuple[str, str]] = {}
+                reasons: dict[Hashable, tuple[str, BaseException | None]] = {}
                 conn = self._pass(ticket, reasons, fresh, by, patient=False)
                 if conn is None and any(kind == DIALLING for kind, _ in reasons.values()):
                     conn = self._pass(ticket, reasons, fresh, by, patient=True)
@@ -150,9 +152,13 @@ class Cluster(Generic[T]):
                         raise self._unavailable(reasons, wait, now)
                     left = None if deadline is None else deadline - _monotonic()
                     if left is not None and left <= 0:
+                        detail = "; ".join(
+                            f"{address} {text}"
+                            for address, text in self._texts(reasons, now).items()
+                        )
                         raise PoolTimeout(
                             f"no server of cluster {self.name} could lend within {timeout}s: "
-                            f"{text_of(reasons, self._show)}",
+                            f"{detail}",
                             timeout=timeout or 0.0,
                         )
                     if not registered:
@@ -174,61 +180,70 @@ class Cluster(Generic[T]):
     def _pass(
         self,
         ticket: int,
-        reasons: dict[Hashable, tuple[str, str]],
+        reasons: dict[Hashable, tuple[str, BaseException | None]],
         fresh: bool,
         by: float | None,
         *,
         patient: bool,
     ) -> T | None:
         """One walk over the servers from ``ticket``: a connected member, or None with
-        ``reasons`` (address -> (kind, text)) saying why each server could not lend."""
+        ``reasons`` (address -> (kind, the dial's error)) saying why each server could
+        not lend."""
         balancer = self._balancer
         schedule = balancer.schedule
         count = len(schedule)
         now = self._clock()
+        rated = self._rated
         for step in range(count):
             server = schedule[(ticket + step) % count]
             known = reasons.get(server.address)
             if known is not None and not (patient and known[0] == DIALLING):
                 continue
-            if self._rated:
+            if rated:
                 with self._lock:
-                    why = balancer.admit(server, now, patient=patient)
+                    why = balancer.admit(server, now, patient)
             else:
-                why = balancer.admit(server, now, patient=patient)
+                why = balancer.admit(server, now, patient)
             if why is not None:
-                reasons[server.address] = (why, self._explain(server, why, now))
+                reasons[server.address] = (why, None)
                 continue
             try:
-                conn = self._take(server, fresh, by)
-            except DialError as exc:
-                reasons[server.address] = (DOWN, self._explain(server, DOWN, now, exc))
-            except PoolClosed:
-                reasons[server.address] = (REMOVED, "removed")
-            else:
+                pool = server.pool
+                conn = pool.get(None, fresh=fresh, _or_none=True)  # never waits
                 if conn is not None:
+                    if self._sockets:
+                        pool._connect(conn, by)  # on failure it gives the member back
+                    else:
+                        self._members.lent(conn, server)
                     return conn
-                reasons[server.address] = (BUSY, self._explain(server, BUSY, now))
-            if self._rated:
+                reasons[server.address] = (BUSY, None)
+            except DialError as exc:
+                reasons[server.address] = (DOWN, exc)
+            except PoolClosed:
+                reasons[server.address] = (REMOVED, None)
+            if rated:
                 with self._lock:
                     balancer.refund(server)
         return None
 
-    def _take(self, server: Server[Pool[T]], fresh: bool, by: float | None) -> T | None:
-        """A member of ``server``'s pool, connected; None if none is idle."""
-        pool = server.pool
-        conn = pool.get(0, fresh=fresh, _or_none=True)
-        if conn is None:
-            return None
-        if self._sockets:
-            pool._connect(conn, by)
-        self._members.lent(conn, server)
-        return conn
+    def _texts(
+        self, reasons: dict[Hashable, tuple[str, BaseException | None]], now: float
+    ) -> dict[str, str]:
+        """Why each server could not lend, in words (for errors)."""
+        servers = self._balancer.servers
+        texts = {}
+        for address, (kind, exc) in reasons.items():
+            server = servers.get(address)
+            texts[self._show(address)] = (
+                kind if server is None else self._explain(server, kind, now, exc)
+            )
+        return texts
 
     def _explain(
         self, server: Server[Pool[T]], why: str, now: float, exc: BaseException | None = None
     ) -> str:
         core = server.pool._core
+        backoff = server.backoff
         if why == BUSY:
             lent = len(core.members) - len(core.idle)
             return f"busy ({lent} of {len(core.members)} members lent or being dialled)"
@@ -238,19 +253,20 @@ class Cluster(Generic[T]):
         if why == DIALLING:
             return "dialling (a dial is in flight)"
         if why == DOWN:
-            error = describe(exc.__cause__ or exc) if exc is not None else describe(core.last_error)
-            return f"down ({error}; retry in {core.blocked(now):.3f}s)"
+            cause = backoff.last_error if exc is None else exc.__cause__ or exc
+            return f"down ({describe(cause)}; retry in {backoff.blocked(now):.3f}s)"
         return why
 
     def _unavailable(
-        self, reasons: dict[Hashable, tuple[str, str]], retry_in: float | None, now: float
+        self,
+        reasons: dict[Hashable, tuple[str, BaseException | None]],
+        retry_in: float | None,
+        now: float,
     ) -> ClusterUnavailable:
-        texts = {
-            self._show(server.address): reasons.get(
-                server.address, (DOWN, self._explain(server, DOWN, now))
-            )[1]
-            for server in self._balancer.servers.values()
-        }
+        texts = self._texts(
+            {address: reasons.get(address, (DOWN, None)) for address in self._balancer.servers},
+            now,
+        )
         detail = "; ".join(f"{address} {text}" for address, text in texts.items())
         message = (
             f"every server of cluster {self.name} is down: {detail}"
@@ -350,14 +366,14 @@ class Cluster(Generic[T]):
                     tokens[server.address] = server.tokens
         shown: dict[str, ServerStats] = {}
         for server in servers:
-            core = server.pool._core
+            backoff = server.backoff
             state = server.state(now)
             shown[self._show(server.address)] = ServerStats(
                 address=self._show(server.address),
                 weight=server.weight,
                 state=state,
-                retry_in=core.blocked(now) if core.failures else 0.0,
-                last_error=None if core.last_error is None else describe(core.last_error),
+                retry_in=backoff.blocked(now) if backoff.failures else 0.0,
+                last_error=None if backoff.last_error is None else describe(backoff.last_error),
                 tokens=tokens.get(server.address),
                 pool=server.pool.stats(),
             )
@@ -433,6 +449,11 @@ def cluster(
         raise ValueError("burst: needs max_rps")
     if depth is not None and depth < 1:
         raise ValueError(f"burst: must be >= 1 (one get takes one token), got {burst!r}")
+    if options.get("dial_attempts", 1) != 1:
+        raise ValueError(
+            "dial_attempts: a cluster makes one attempt per server and moves on to the next "
+            f"(its failover is the retry), got {options['dial_attempts']!r}"
+        )
     if isinstance(servers, Mapping):
         listed = list(servers.items())
     elif isinstance(servers, (str, bytes)) or not hasattr(servers, "__iter__"):

@@ -23,6 +23,10 @@ from ._worker import Worker
 
 __all__ = ["Factory", "Members", "Part", "factory"]
 
+_PARSED_MAX = 4096  # addresses whose parse is remembered
+
+_PARSED_MAX = 4096  # addresses whose parse is remembered
+
 
 class Part(Protocol):
     """A key's entry or a cluster's server: something that holds one pool."""
@@ -93,11 +97,21 @@ def factory(
                 worker=worker,
             )
 
+        parsed: dict[object, Hashable] = {}  # what callers pass -> the key (parsing is slow)
+
         def address_key(value: object) -> Hashable:
             try:
-                return parse_address(value)
+                return parsed[value]
+            except (KeyError, TypeError):  # new, or unhashable (parse_address says why)
+                pass
+            try:
+                key = parse_address(value)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(str(exc).replace("address: ", f"{noun}: ", 1)) from None
+            if len(parsed) >= _PARSED_MAX:
+                parsed.clear()  # a bound on memory, for callers that invent addresses
+            parsed[value] = key
+            return key
 
         return Factory(
             make_sockets,

@@ -581,22 +581,6 @@ class PoolCore(Generic[S, W]):
         self.dialling -= 1
         return failures
 
-    # The dial health a cluster reads (``gocp._balance.Health``).
-
-    def blocked(self, now: float) -> float:
-        """Seconds before a dial may go ahead (a backoff window, or a probe in flight)."""
-        return self.backoff.blocked(now)
-
-    @property
-    def failures(self) -> int:
-        """Consecutive failed dials (0: the server is up)."""
-        return self.backoff.failures
-
-    @property
-    def last_error(self) -> BaseException | None:
-        """Why the last dial failed (``None`` once one worked)."""
-        return self.backoff.last_error
-
     def dial_abandoned(self, started: float) -> None:
         """A dial allowed at ``started`` ended with no outcome (interrupted)."""
         self.backoff.abandoned(started)

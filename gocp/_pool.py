@@ -243,7 +243,7 @@ class Pool(Generic[T]):
         Raises ``PoolTimeout`` when the time runs out, ``PoolClosed`` when the
         pool is closed (also while waiting), ``DialError`` when a needed dial
         fails or the server is backing off (the member goes back to the pool).
-        (``_or_none`` is internal: a cluster's ``get(0)`` returns ``None``.)
+        (``_or_none`` is internal: a cluster's get, which never waits, returns ``None``.)
         """
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
@@ -261,9 +261,9 @@ class Pool(Generic[T]):
                     now = self._clock()
                     slot = core.lend_slow(now)
                     if slot is None:
+                        if _or_none:  # a cluster asking: not a timeout of this pool
+                            return None  # type: ignore[return-value]
                         if timeout == 0:
-                            if _or_none:  # a cluster asking: not a timeout of this pool
-                                return None  # type: ignore[return-value]
                             raise core.exhausted(0.0, now, format_stack, count=True)
                         spare = self._spare_waiters
                         waiter = spare.pop() if spare else Waiter()

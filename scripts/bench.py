@@ -57,6 +57,10 @@ Scenarios (issue 4; the targets of issues 2 and 4, and of the restructure's issu
 - ``memory``: ``tracemalloc`` bytes per idle member of a pool of 1,000 whose
   members hold a connected socket, minus the bytes per raw connected socket.
 - ``import``: wall time of ``python -c "import X"`` minus ``python -c "pass"``.
+- ``kinds``: keyed pools and clusters over a single pool of the same kind:
+  get+put with socket members and with clients, and the echo round trip (1
+  and 8 threads; three echo server processes; issue 10's target: keyed and
+  cluster get+put at most 1.5x a single pool's).
 
 Method: every figure is the median of several samples (min and max shown);
 samples of the different subjects are interleaved so drift hits them alike.
@@ -108,7 +112,16 @@ perf = time.perf_counter
 MSG = bytes(range(64))  # the round trip's message
 IO_TIMEOUT = 30.0  # gocp's default io_timeout; every socket in the round trips gets it
 NOISY = 1.5  # max/min spread of a row's samples beyond which its figures are flagged
-SCENARIOS = ("uncontended", "contended", "roundtrip", "lifecycle", "size", "memory", "import")
+SCENARIOS = (
+    "uncontended",
+    "contended",
+    "roundtrip",
+    "lifecycle",
+    "size",
+    "memory",
+    "import",
+    "kinds",
+)
 
 
 # -- settings ------------------------------------------------------------------------
@@ -1606,6 +1619,160 @@ def print_targets(found: list[Target], tables: dict[str, Table]) -> None:
         )
 
 
+# -- scenario: pool kinds (keyed pools, clusters) -------------------------------------
+
+
+def _kind_subject(name: str, pool: Any, get: Callable[[], Any], warm: int) -> Subject:
+    """A subject over a keyed pool or cluster (or a single pool), its members dialled."""
+    held = [get() for _ in range(warm)]
+    for item in held:
+        pool.put(item)
+    return Subject(name, get, pool.put, pool.close)
+
+
+def scenario_kinds(cfg: Settings) -> list[Table]:
+    """Keyed pools and clusters over a single pool of the same members: get+put (sockets
+    and clients) and the echo round trip (1 and 8 threads)."""
+    servers = [EchoProcess(cfg.server) for _ in range(3)]
+    addresses = [server.address for server in servers]
+    first = addresses[0]
+    tables = []
+    try:
+        for kind in ("sockets", "clients"):
+            table = Table(
+                f"kinds_{kind}",
+                f"get+put by pool kind ({kind}): 12 members, 1 thread",
+                "us/op",
+                notes=[
+                    "floor: a single pool (gocp.new / gocp.pool) of 12; keyed: one key of 12; "
+                    "cluster: 3 servers x 4",
+                    "every member connected before timing; a cluster get probes its "
+                    "socket (the stale check, one system call) so that a dead server "
+                    "fails over at get"
+                    if kind == "sockets"
+                    else "clients are plain objects made by the dial hook",
+                ],
+            )
+            subjects: list[tuple[Row, Subject]] = []
+            if kind == "sockets":
+                single = gocp.new(first, size=12)
+                keyed = gocp.keyed(size=12)
+                cluster = gocp.cluster(addresses, size=4)
+                plan = [
+                    (
+                        "floor: gocp.new (one address)",
+                        "floor",
+                        single,
+                        lambda p=single: p.get(connect=True),
+                        single.get,
+                    ),
+                    (
+                        "gocp.keyed (one key)",
+                        "gocp",
+                        keyed,
+                        lambda p=keyed: p.get(first, connect=True),
+                        lambda p=keyed: p.get(first),
+                    ),
+                    ("gocp.cluster (3 servers)", "gocp", cluster, cluster.get, cluster.get),
+                ]
+            else:
+                single = gocp.pool(object, size=12)
+                keyed = gocp.keyed(size=12, dial=lambda key: object())
+                cluster = gocp.cluster(["a", "b", "c"], size=4, dial=lambda address: object())
+                plan = [
+                    ("floor: gocp.pool (clients)", "floor", single, single.get, single.get),
+                    (
+                        "gocp.keyed (clients, one key)",
+                        "gocp",
+                        keyed,
+                        lambda p=keyed: p.get("a"),
+                        lambda p=keyed: p.get("a"),
+                    ),
+                    (
+                        "gocp.cluster (clients, 3 servers)",
+                        "gocp",
+                        cluster,
+                        cluster.get,
+                        cluster.get,
+                    ),
+                ]
+            for name, row_kind, pool, warm_get, get in plan:
+                row = Row(name, row_kind)
+                table.rows.append(row)
+                try:
+                    _kind_subject(name, pool, warm_get, 12)
+                    subjects.append((row, Subject(name, get, pool.put, pool.close)))
+                except Exception as exc:
+                    row.status = f"error: {exc!r}"[:60]
+                    pool.close()
+            try:
+                run_interleaved(cfg, subjects, lambda s: getput_loop(s.get, s.put))
+            finally:
+                close_all(subjects)
+            tables.append(table)
+        for threads in (1, 8):
+            table = Table(
+                f"kinds_roundtrip_{threads}",
+                f"echo round trip by pool kind, {len(MSG)} B: {threads} thread"
+                f"{'s' if threads > 1 else ''}, 12 members",
+                "us/rt",
+                notes=[
+                    f"servers: {SERVERS[cfg.server]}, 3 processes; floor: gocp.new on one; "
+                    "cluster: 3 servers x 4, round robin",
+                ],
+            )
+            single = gocp.new(first, size=12)
+            keyed = gocp.keyed(size=12)
+            cluster = gocp.cluster(addresses, size=4)
+            plans = [
+                ("floor: gocp.new (one address)", "floor", single, single.get),
+                ("gocp.keyed (one key)", "gocp", keyed, lambda p=keyed: p.get(first)),
+                ("gocp.cluster (3 servers)", "gocp", cluster, cluster.get),
+            ]
+            sized = []
+            # What round robin does to the servers, without any pool: each round trip on
+            # a connection to the next server (three processes to wake in turn).
+            turns = [make_sock(address) for address in addresses for _ in range(threads)]
+            row = Row("3 raw sockets, one per server, used in turn (no pool)", "info")
+            table.rows.append(row)
+            turn_runs = [
+                functools.partial(rt_raw_turns, turns[index::threads]) for index in range(threads)
+            ]
+            try:
+                run_rt_threads(turn_runs, 50)
+                n = 16
+                while (elapsed := run_rt_threads(turn_runs, n)) < cfg.rt_sample / 5:
+                    n *= 4
+                sized.append((row, turn_runs, max(1, int(n * cfg.rt_sample / elapsed))))
+            except Exception as exc:
+                row.status = f"error: {exc!r}"[:60]
+            try:
+                for name, row_kind, pool, get in plans:
+                    row = Row(name, row_kind)
+                    table.rows.append(row)
+                    runs = [rt_pooled(Subject(name, get, pool.put, pool.close))] * threads
+                    try:
+                        run_rt_threads(runs, 50)  # warm up: every member dials
+                        n = 16
+                        while (elapsed := run_rt_threads(runs, n)) < cfg.rt_sample / 5:
+                            n *= 4
+                        sized.append((row, runs, max(1, int(n * cfg.rt_sample / elapsed))))
+                    except Exception as exc:
+                        row.status = f"error: {exc!r}"[:60]
+                for _ in range(cfg.rt_repeats):
+                    for row, runs, n in sized:
+                        row.samples.append(run_rt_threads(runs, n) / (n * len(runs)) * 1e6)
+            finally:
+                close_socks(turns)
+                for _name, _kind, pool, _get in plans:
+                    pool.close()
+            tables.append(table)
+    finally:
+        for server in servers:
+            server.close()
+    return tables
+
+
 # -- main ----------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Settings], list[Table]]] = {
@@ -1616,6 +1783,7 @@ RUNNERS: dict[str, Callable[[Settings], list[Table]]] = {
     "size": scenario_size,
     "memory": scenario_memory,
     "import": scenario_import,
+    "kinds": scenario_kinds,
 }
 
 
