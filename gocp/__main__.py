@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-USAGE = "python -m gocp demo [--seconds N] [--workers N] [--size N]"
+USAGE = "python -m gocp demo [--seconds N] [--workers N] [--size N] [--cluster]"
 
 # Only what --help shows, so that help does not import the demo: the demo
 # parses its options itself. tests/test_cli.py checks this against its --help.
@@ -25,7 +25,8 @@ commands:
 demo options:
   --seconds N    length of the run
   --workers N    application threads
-  --size N       pool size"""
+  --size N       pool size
+  --cluster      three servers in a cluster, one stopped and restarted"""
 
 EPILOG = "`python -m gocp demo --help` describes the demo in full."
 

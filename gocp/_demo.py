@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -52,9 +53,7 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _worker(
-    pool: gocp.Pool[gocp.PersistentConn], tally: _Tally, stop: threading.Event, number: int
-) -> None:
+def _worker(pool: Any, tally: _Tally, stop: threading.Event, number: int) -> None:
     """What an application writes: get, send, receive, put. No reconnect loop."""
     sequence = 0
     while not stop.is_set():
@@ -106,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the run")
     parser.add_argument("--workers", type=int, default=8, help="application threads")
     parser.add_argument("--size", type=int, default=4, help="pool size")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three servers in a cluster, one stopped and restarted",
+    )
     args = parser.parse_args(argv)
 
     structlog.configure(
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     log = structlog.get_logger()
+    if args.cluster:
+        from ._demo_cluster import run_cluster  # noqa: PLC0415 - one demo at a time
+
+        return run_cluster(seconds=args.seconds, workers=args.workers, size=args.size, log=log)
     server = EchoServer().start()
     tally = _Tally()
     stop = threading.Event()

@@ -41,10 +41,12 @@ def test_help_shows_the_demo_and_its_options(flag):
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
     out = run.stdout
-    assert out.startswith("usage: python -m gocp demo [--seconds N] [--workers N] [--size N]")
+    assert out.startswith(
+        "usage: python -m gocp demo [--seconds N] [--workers N] [--size N] [--cluster]"
+    )
     assert "commands:" in out
     assert re.search(r"^  demo\s+\S", out, re.MULTILINE)
-    assert set(options(out)) == {"--seconds", "--workers", "--size"}
+    assert set(options(out)) == {"--seconds", "--workers", "--size", "--cluster"}
 
 
 def test_help_lists_the_options_the_demo_really_has():

@@ -34,3 +34,21 @@ def test_main_without_demo_prints_usage():
     )
     assert run.returncode == 2
     assert "usage: python -m gocp demo" in run.stderr
+
+
+@pytest.mark.timeout(60)
+def test_cluster_demo_moves_traffic_off_a_dead_server_and_back():
+    run = subprocess.run(
+        [sys.executable, "-m", "gocp", "demo", "--cluster", "--seconds", "6", "--workers", "4"],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr
+    assert "stops" in out
+    assert "back" in out
+    # while it was down it had no share and its state said so
+    assert "  0% (down)" in out
+    assert "recovered by itself: yes" in out
