@@ -16,14 +16,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Mapping
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._balance import BUSY, DIALLING, DOWN, MAX_WEIGHT, RATE, REMOVED, Balancer, Server
 from ._compose import Factory, Members, factory
 from ._config import check_bool, check_timeout
 from ._errors import ClusterUnavailable, DialError, PoolClosed, PoolTimeout, describe
-from ._pool import Lend, Pool
+from ._pool import Closing, Lend, Pool
 from ._stats import ClusterStats, ServerStats, retire, total
 from ._worker import Worker
 
@@ -34,7 +33,7 @@ T = TypeVar("T")
 _monotonic = time.monotonic
 
 
-class Cluster(Generic[T]):
+class Cluster(Closing, Generic[T]):
     """Members of several servers, lent in weighted round robin (see ``gocp.cluster``).
 
     Thread-safe, also ``add`` and ``remove`` while in use. No lock is held
@@ -63,12 +62,11 @@ class Cluster(Generic[T]):
         self._leaving: list[Server[Pool[T]]] = []  # removed, members still lent
         self._retired: dict[str, float] = {}  # counters of servers gone for good
         self._worker = Worker(cap=1.0, name=self.name, shared=True)
-        poke = _weak_poke(self)
-        self._poke_ref = poke
+        self._poker = _Poker(self)
         subscribe = getattr(made.clock, "subscribe", None)
         if callable(subscribe):
             subscribe(self._worker.wake)
-            subscribe(poke)
+            subscribe(self._poker.poke)
         self._finalizer = weakref.finalize(self, _close_all, self._balancer, self._worker)
 
     # -- servers -----------------------------------------------------------------
@@ -86,7 +84,7 @@ class Cluster(Generic[T]):
             pool: Pool[T] = self._factory.make(key, self._worker)
             hub = pool._hub
             hub.pool_ref = weakref.ref(self)  # type: ignore[assignment] # members' `with`
-            hub.on_idle = self._poke_ref
+            hub.on_idle = self._poker.poke
             core = pool._core
             server = self._balancer.add(
                 key, weight, pool, backoff=core.backoff, core=core, now=self._clock()
@@ -219,6 +217,7 @@ class Cluster(Generic[T]):
                 reasons[server.address] = (BUSY, None)
             except DialError as exc:
                 reasons[server.address] = (DOWN, exc)
+                now = self._clock()  # a dial took time: judge the next servers by now
             except PoolClosed:
                 reasons[server.address] = (REMOVED, None)
             if rated:
@@ -341,46 +340,43 @@ class Cluster(Generic[T]):
         """Whether ``close`` was called."""
         return self._closed
 
-    def __enter__(self) -> Cluster[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def stats(self) -> ClusterStats:
         """A snapshot of every server (see ``ClusterStats``); each server's own part is
         consistent (taken under its pool's lock)."""
         with self._lock:
-            servers = [*self._balancer.servers.values(), *self._leaving]
+            live = list(self._balancer.servers.values())
+            servers = [*live, *self._leaving]
             retired = dict(self._retired)
+            waiting = self._waiting
             now = self._clock()
             tokens = {}
             for server in servers:
                 if self._rated:
                     self._balancer.next_token(server, now)  # tops the bucket up
-                    tokens[server.address] = server.tokens
+                    tokens[id(server)] = server.tokens
         shown: dict[str, ServerStats] = {}
+        parts = []
         for server in servers:
             backoff = server.backoff
             state = server.state(now)
-            shown[self._show(server.address)] = ServerStats(
+            name = self._show(server.address)
+            if server.removed and name in shown:  # removed, and added back since
+                name += " (removed)"
+            part = server.pool.stats()
+            parts.append(part)
+            shown[name] = ServerStats(
                 address=self._show(server.address),
                 weight=server.weight,
                 state=state,
                 retry_in=backoff.blocked(now) if backoff.failures else 0.0,
                 last_error=None if backoff.last_error is None else describe(backoff.last_error),
-                tokens=tokens.get(server.address),
-                pool=server.pool.stats(),
+                tokens=tokens.get(id(server)),
+                pool=part,
             )
-        parts = [each.pool for each in shown.values()]
         return ClusterStats(
             name=self.name,
             servers=shown,
+            waiting=waiting,
             total=total(self.name, parts, retired=retired, closed=self._closed),
             closed=self._closed,
         )
@@ -390,17 +386,20 @@ class Cluster(Generic[T]):
         return f"<gocp.Cluster {self.name} servers={len(self._balancer.servers)}{state}>"
 
 
-def _weak_poke(cluster: Cluster[Any]) -> Callable[..., None]:
-    """A callback that wakes the cluster's waiters without keeping the cluster alive
-    (pools' hubs and the clock hold it)."""
-    ref = weakref.ref(cluster)
+class _Poker:
+    """Wakes the cluster's waiting gets without keeping the cluster alive: its ``poke``
+    is what the pools' hubs call when their own work frees a member, and what a fake
+    clock calls when it moves (a bound method, which ``FakeClock`` holds weakly)."""
 
-    def poke(*_: object) -> None:
-        owner = ref()
+    __slots__ = ("__weakref__", "ref")
+
+    def __init__(self, cluster: Cluster[Any]) -> None:
+        self.ref = weakref.ref(cluster)
+
+    def poke(self, *_: object) -> None:
+        owner = self.ref()
         if owner is not None and owner._waiting:
             owner._wake_waiters()
-
-    return poke
 
 
 def _close_all(balancer: Balancer[Pool[Any]], worker: Worker) -> None:

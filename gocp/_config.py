@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
+from ssl import PROTOCOL_TLS_SERVER, SSLContext
 from typing import Any
 
 import attrs
@@ -31,7 +32,9 @@ MAX_KEEPALIVE = 32767
 MAX_SIZE = 100_000
 
 #: Options that only a pool of sockets (``gocp.new``) has: a hook bounds its own I/O.
-SOCKET_ONLY = frozenset({"dial_timeout", "io_timeout", "nodelay", "keepalive"})
+SOCKET_ONLY = frozenset(
+    {"dial_timeout", "io_timeout", "nodelay", "keepalive", "ssl", "server_hostname"}
+)
 
 
 def _number(name: str, value: object) -> float:
@@ -115,6 +118,41 @@ def _keepalive(_inst: object, attribute: attrs.Attribute[Any], value: object) ->
         )
 
 
+def _tls_context(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, SSLContext):
+        hint = " (for the system's CAs pass ssl.create_default_context())" if value is True else ""
+        raise TypeError(
+            f"ssl: expected an ssl.SSLContext or None{hint}, got {type(value).__name__} {value!r}"
+        )
+    if value.protocol == PROTOCOL_TLS_SERVER:
+        raise ValueError(
+            "ssl: a server-side context (PROTOCOL_TLS_SERVER) cannot make client connections; "
+            "use ssl.create_default_context() or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)"
+        )
+
+
+def _server_hostname(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(
+            f"server_hostname: expected a str or None, got {type(value).__name__} {value!r}"
+        )
+    if not value or not value.isprintable() or any(char.isspace() for char in value):
+        raise ValueError(
+            "server_hostname: must be a non-empty host name without spaces or control "
+            f"characters, got {value!r}"
+        )
+    try:
+        value.encode("idna")  # as ssl will, at every connect
+    except UnicodeError as exc:
+        raise ValueError(
+            f"server_hostname: {value!r} is not a valid host name ({exc.__cause__ or exc})"
+        ) from None
+
+
 def _broken_on(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if callable(value) and not isinstance(value, type):
         return
@@ -161,6 +199,11 @@ class Options:
     - ``keepalive`` (30): TCP keepalive, whole seconds of silence before the
       kernel probes the peer (then every ``keepalive / 3`` s, 3 probes).
       ``None`` turns it off.
+    - ``ssl`` (None): an ``ssl.SSLContext`` (a client context, e.g.
+      ``ssl.create_default_context()``): every connection is TLS, its
+      handshake within ``dial_timeout``. ``server_hostname`` (None: the
+      address's host) is the name sent (SNI) and checked against the
+      server's certificate; it needs ``ssl``.
 
     Every pool:
 
@@ -187,6 +230,8 @@ class Options:
     io_timeout: float | None = attrs.field(default=30.0, validator=_seconds(optional=True))
     nodelay: bool = attrs.field(default=True, validator=_boolean)
     keepalive: float | None = attrs.field(default=30, validator=_keepalive)
+    ssl: SSLContext | None = attrs.field(default=None, validator=_tls_context)
+    server_hostname: str | None = attrs.field(default=None, validator=_server_hostname)
     retry_min: float = attrs.field(default=0.1, validator=_seconds())
     retry_max: float = attrs.field(default=3.0, validator=_seconds())
     dial_attempts: int = attrs.field(default=1, validator=_count)
@@ -207,6 +252,23 @@ class Options:
             raise ValueError(
                 f"retry_min ({self.retry_min!r}) must be <= retry_max ({self.retry_max!r})"
             )
+        if self.server_hostname is not None and self.ssl is None:
+            raise ValueError(
+                f"server_hostname: given ({self.server_hostname!r}) without ssl=; it is the "
+                "name TLS checks the certificate against, so pass an ssl.SSLContext too"
+            )
+
+    def tls_hostname(self, host: str) -> str | None:
+        """The name a TLS connection to ``host`` sends (SNI) and verifies: ``server_hostname``,
+        else ``host`` itself (an IPv6 zone id dropped); ``None`` without ``ssl``.
+
+        Shared by every shell: the thread shell's connector and the asyncio one ask this.
+        """
+        if self.ssl is None:
+            return None
+        if self.server_hostname is not None:
+            return self.server_hostname
+        return host.partition("%")[0]
 
     @classmethod
     def build(
@@ -224,10 +286,12 @@ class Options:
                     f"unknown option {name!r}; known options: {', '.join(sorted(known))}"
                 )
             if not sockets and name in SOCKET_ONLY:
-                raise TypeError(
-                    f"{name}: an option of socket pools (gocp.new); a gocp.pool dial or check "
-                    "hook bounds its own I/O"
+                why = (
+                    "a gocp.pool dial hook makes its own TLS connection"
+                    if name in ("ssl", "server_hostname")
+                    else "a gocp.pool dial or check hook bounds its own I/O"
                 )
+                raise TypeError(f"{name}: an option of socket pools (gocp.new); {why}")
         given = dict(options)
         if check and "check_interval" not in given:
             given["check_interval"] = 30.0

@@ -201,10 +201,7 @@ class PersistentConn(Slot):
             if sock is None or not hub.lent_to(self, seq):
                 return
             self._aborted = True
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # never waits
-            except OSError:
-                pass  # already shut down, or never fully connected
+            self._connector.interrupt(sock)  # a raw shutdown, never waits (TLS: keeps the session)
 
     def __enter__(self) -> PersistentConn:
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import gocp
 from gocp.testing import EchoServer
@@ -37,7 +38,7 @@ def run_cluster(*, seconds: float, workers: int, size: int, log: object) -> int:
         threading.Thread(target=_worker, args=(cluster, tally, stop, n), name=f"demo-{n}")
         for n in range(workers)
     ]
-    script = [
+    script: list[tuple[float, str, Callable[[], object]]] = [
         (seconds * 0.3, f"server {victim.address_text} stops", victim.stop),
         (seconds * 0.6, f"server {victim.address_text} back", victim.start),
     ]
@@ -65,9 +66,9 @@ def run_cluster(*, seconds: float, workers: int, size: int, log: object) -> int:
             shares = {}
             parts = []
             for name in names:
-                server = stats.servers[name]
-                shares[name] = server.pool.lends - last[name]
-                last[name] = server.pool.lends
+                lends = stats.servers[name].pool.lends
+                shares[name] = lends - last[name]
+                last[name] = lends
             total = sum(shares.values()) or 1
             for name in names:
                 state = stats.servers[name].state

@@ -26,17 +26,21 @@ Guarantees:
   call to the deadline) and the addresses still pending. A malformed answer from
   ``resolve`` raises ``TypeError`` or ``ValueError`` before any socket is created, an
   empty one ``OSError``.
+
+``handshake`` then wraps the connected socket in TLS and completes the handshake by the same
+deadline: every wait for the peer is bounded by it, and the socket is closed on any failure.
 """
 
 from __future__ import annotations
 
-__all__ = ["connect", "order_addresses"]
+__all__ = ["connect", "handshake", "order_addresses"]
 
 import errno
 import math
 import os
 import selectors
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -279,3 +283,58 @@ def connect(
             if winner is not None:
                 winner.close()
             raise
+
+
+def handshake(
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    server_hostname: str | None,
+    deadline: float,
+    *,
+    label: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> ssl.SSLSocket:
+    """Wrap the connected ``sock`` in TLS and complete the handshake by ``deadline`` (on ``clock``).
+
+    Returns the ``ssl.SSLSocket`` (it owns the descriptor now), in blocking mode with no timeout.
+    ``sock`` (or what wraps it) is closed on every failure, ``BaseException`` included.
+    Errors are those of the handshake, unchanged: ``ssl.SSLCertVerificationError`` for a
+    certificate that does not verify (its message says why: an unknown authority, a host name
+    mismatch, an expired certificate), another ``ssl.SSLError`` or ``OSError`` for a peer that
+    is not a TLS server or hung up. When the deadline passes first, ``TimeoutError`` (errno
+    ``ETIMEDOUT``) names ``label`` and the time allowed.
+    """
+    started = clock()
+    try:
+        tls = context.wrap_socket(
+            sock, server_hostname=server_hostname, do_handshake_on_connect=False
+        )
+    except BaseException:
+        sock.close()  # a no-op once wrap_socket took the descriptor over (it closes its own)
+        raise
+    try:
+        tls.setblocking(False)
+        with _Selector() as selector:
+            selector.register(tls, selectors.EVENT_READ)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    events = selectors.EVENT_READ
+                except ssl.SSLWantWriteError:
+                    events = selectors.EVENT_WRITE
+                now = clock()
+                if now >= deadline:
+                    raise TimeoutError(
+                        errno.ETIMEDOUT,
+                        f"TLS handshake with {label} timed out after "
+                        f"{max(deadline - started, 0.0):.3g}s",
+                    )
+                selector.modify(tls, events)
+                selector.select(min(deadline - now, _MAX_WAIT))
+        tls.setblocking(True)
+        return tls
+    except BaseException:
+        tls.close()
+        raise

@@ -139,9 +139,11 @@ class Hub:
                     error = core.dial_failed(self.clock(), started, exc)
                     done = True
                     attempt = core.backoff.failures
+                    self.ready.notify_all()  # callers waiting out this probe look again
                 self.report(
                     "warning",
                     "dial_failed",
+                    member=slot.index,
                     error=describe(exc),
                     attempt=attempt,
                     retry_in=round(error.retry_in, 3),
@@ -171,6 +173,7 @@ class Hub:
             if not done and wait == 0.0:  # interrupted: no outcome was recorded
                 with lock:
                     core.dial_abandoned(started)
+                    self.ready.notify_all()
                 if conn is not None and slot.conn is not conn:
                     self.close_conn(conn)
 
@@ -326,6 +329,8 @@ class Hub:
         if self.worker is not None:
             self.worker.remove(self)
         self.drain()
+        if self.log is not None:
+            self.log.close(self.clock())  # write the counts of repeats still held back
 
     def after_fork(self) -> None:
         """In a forked child: a fresh lock, inherited connections dropped without I/O."""
@@ -346,9 +351,18 @@ class Hub:
     # -- reporting ----------------------------------------------------------------------
 
     def report(self, level: str, event: str, **fields: Any) -> None:
-        """Send an event to the pool's logger (none: nothing)."""
-        if self.log is not None:
-            self.log(level, event, address=self.connector.label, **fields)
+        """Send an event to the pool's logger (none: nothing), with the pool's address and
+        name, at the pool's clock's time (repeats of one failure are held back: gocp._log)."""
+        log = self.log
+        if log is not None:
+            log(
+                level,
+                event,
+                self.clock(),
+                address=self.connector.label,
+                pool=self.core.label,
+                **fields,
+            )
 
 
 def format_stack(stack: Any) -> str:

@@ -14,7 +14,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._compose import Factory, Members, factory
@@ -22,7 +21,7 @@ from ._config import check_bool, check_size, check_timeout
 from ._errors import PoolClosed, PoolTimeout
 from ._keys import KeyEntry, KeyTable
 from ._log import make_log
-from ._pool import Lend, Pool
+from ._pool import Closing, Lend, Pool
 from ._stats import KeyedStats, retire, total
 from ._worker import Worker
 
@@ -52,7 +51,7 @@ class _Sweep:
             owner._report(level, event, **fields)
 
 
-class KeyedPool(Generic[T]):
+class KeyedPool(Closing, Generic[T]):
     """A pool per key, each of ``size`` members, made on first use (see ``gocp.keyed``).
 
     Thread-safe. ``get(key)`` lends a member of that key's pool, ``put``
@@ -130,8 +129,12 @@ class KeyedPool(Generic[T]):
         try:
             conn = entry.pool.get(timeout, fresh=fresh, connect=connect)
             self._members.lent(conn, entry)
-        finally:
+        except BaseException:
             table.leave(entry, self._clock())
+            if self._waiting:  # the key may be evictable now: a get waiting for room looks
+                self._wake_waiters()
+            raise
+        table.leave(entry, self._clock())
         return conn
 
     def _admit(self, key: Hashable, timeout: float | None) -> KeyEntry[Pool[T]]:
@@ -140,25 +143,27 @@ class KeyedPool(Generic[T]):
         deadline = None if timeout is None else _monotonic() + timeout
         made = self._table.made
         with self._lock:
-            while True:
-                if self._closed:
-                    raise PoolClosed(f"keyed pool {self.name} is closed")
-                entry, evicted = self._table.admit(key, self._clock(), self._new_pool)
-                if entry is not None:
-                    break
-                left = None if deadline is None else deadline - _monotonic()
-                if left is not None and left <= 0:
-                    raise PoolTimeout(
-                        f"keyed pool {self.name}: no room for key {self._show(key)!r} within "
-                        f"{timeout}s: max_keys={self._table.max_keys} keys, each with a "
-                        "member lent",
-                        timeout=timeout or 0.0,
-                    )
-                self._waiting += 1
-                try:
+            # Counted as waiting before the first look: a put from then on notifies, and
+            # cannot land between a look that found no room and the wait (the lock).
+            self._waiting += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise PoolClosed(f"keyed pool {self.name} is closed")
+                    entry, evicted = self._table.admit(key, self._clock(), self._new_pool)
+                    if entry is not None:
+                        break
+                    left = None if deadline is None else deadline - _monotonic()
+                    if left is not None and left <= 0:
+                        raise PoolTimeout(
+                            f"keyed pool {self.name}: no room for key {self._show(key)!r} "
+                            f"within {timeout}s: max_keys={self._table.max_keys} keys, each "
+                            "with a member lent",
+                            timeout=timeout or 0.0,
+                        )
                     self._freed.wait(left)
-                finally:
-                    self._waiting -= 1
+            finally:
+                self._waiting -= 1
             self._members.register(entry)
         for gone in evicted:
             self._forget(gone, "evicted")
@@ -180,8 +185,12 @@ class KeyedPool(Generic[T]):
         entry = self._members.put(conn, broken, self)
         entry.used_at = self._clock()
         if self._waiting:
-            with self._lock:
-                self._freed.notify_all()
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """A key may have become evictable: gets waiting for room look again."""
+        with self._lock:
+            self._freed.notify_all()
 
     def _return(self, conn: Any, exc: BaseException | None) -> None:
         """Put back at the end of a ``with`` block, by ``Pool.connection``'s rule."""
@@ -242,22 +251,14 @@ class KeyedPool(Generic[T]):
         self._worker.stop()
         for entry in gone:
             entry.pool.close()
+            final = entry.pool.stats()
+            with self._lock:
+                retire(self._retired, final)  # totals keep what closed keys counted
 
     @property
     def closed(self) -> bool:
         """Whether ``close`` was called."""
         return self._closed
-
-    def __enter__(self) -> KeyedPool[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def stats(self) -> KeyedStats:
         """A snapshot: each open key's ``PoolStats`` and their total (see ``KeyedStats``).
@@ -270,6 +271,7 @@ class KeyedPool(Generic[T]):
             retired = dict(self._retired)
             table = self._table
             made, evicted, expired = table.made, table.evictions, table.expired
+            waiting = self._waiting
         return KeyedStats(
             name=self.name,
             keys=keys,
@@ -277,12 +279,13 @@ class KeyedPool(Generic[T]):
             keys_made=made,
             keys_evicted=evicted,
             keys_expired=expired,
+            waiting_for_room=waiting,
             closed=self._closed,
         )
 
     def _report(self, level: str, event: str, **fields: object) -> None:
         if self._log is not None:
-            self._log(level, event, pool=self.name, **fields)
+            self._log(level, event, self._clock(), pool=self.name, **fields)
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""

@@ -134,7 +134,7 @@ class KeyTable(Generic[P]):
             else:
                 # A busy key is looked at again one interval on (it was in use: its
                 # used_at moves when the use ends).
-                due = min(due, max(expires, now + self.idle_timeout))
+                due = min(due, expires if expires > now else now + self.idle_timeout)
         self.expired += len(gone)
         return gone, due
 

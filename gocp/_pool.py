@@ -17,7 +17,7 @@ import traceback
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import attrs
 
@@ -34,6 +34,7 @@ from ._stats import MemberStats, PoolStats
 from ._worker import Worker
 
 __all__ = [
+    "Closing",
     "Lend",
     "Pool",
     "check_hook",
@@ -123,7 +124,25 @@ class Lend(Generic[T]):
         self._owner._return(conn, exc)
 
 
-class Pool(Generic[T]):
+class Closing:
+    """``with`` closes it (a pool, a keyed pool, a cluster)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Pool(Closing, Generic[T]):
     """A fixed set of ``size`` self-redialling connections (or clients) to one server.
 
     Make one with ``gocp.new(address)`` (members are ``PersistentConn``) or
@@ -336,6 +355,8 @@ class Pool(Generic[T]):
         if action == CHECK and not hub.check(slot):
             with self._lock:
                 action = core.prepare(slot, self._clock())
+        if connect and self._sockets and slot.conn is not None and hub.connector.stale(slot.conn):
+            hub.stale(slot)  # closed by the peer while idle (a restart): redial it here
         if action == DIAL or (connect and slot.conn is None):
             self._dial(slot, timeout, connect=connect)
 
@@ -347,6 +368,7 @@ class Pool(Generic[T]):
         deadline = None if timeout is None else _monotonic() + timeout
         attempts = math.inf if connect else self.options.dial_attempts
         made = 0
+        backoff = core.backoff
         while True:
             dials = core.dials
             try:
@@ -359,8 +381,16 @@ class Pool(Generic[T]):
                 wait = exc.retry_in
                 if deadline is not None and _monotonic() + wait >= deadline:
                     raise
-            if hub.closing.wait(wait):
-                raise PoolClosed(f"pool {self.name} was closed while dialling")
+            with hub.lock:
+                # Wait out the backoff; if another caller's probe is what stopped us, only
+                # until it reports (its lease is only the longest it may take).
+                probing = backoff.probing
+                hub.ready.wait_for(
+                    lambda: core.closed or (probing and not backoff.probing),  # noqa: B023
+                    wait,
+                )
+                if core.closed:
+                    raise PoolClosed(f"pool {self.name} was closed while dialling")
 
     def _abandon(self, taken: list[Any], waiter: Waiter | None) -> None:
         """Undo an interrupted or failed ``get``: withdraw its waiter, give back the slot
@@ -575,17 +605,6 @@ class Pool(Generic[T]):
         except BaseException:
             self._hub.close()  # interrupted: finish the job
             raise
-
-    def __enter__(self) -> Pool[T]:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- observing ---------------------------------------------------------------
 

@@ -1,15 +1,16 @@
-"""The connector of a socket pool: connect, configure, probe and close TCP sockets."""
+"""The connector of a socket pool: connect, configure, probe and close TCP (and TLS) sockets."""
 
 from __future__ import annotations
 
 import select
 import socket
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._address import Address, format_address
 from ._config import Options
-from ._dial import connect
+from ._dial import connect, handshake
 
 if TYPE_CHECKING:
     from ._core import Slot
@@ -26,24 +27,65 @@ _KEEPALIVE_OPTS = [
 ]
 _NO_LINGER = b"\x00" * 8  # struct linger {l_onoff = 0, l_linger = 0}
 
+# The plain socket's own methods, which act on the descriptor under a TLS socket: a peek at
+# the raw TLS records, and a shutdown that leaves the TLS session in place (SSLSocket's own
+# shutdown drops it first, so a racing send would go out unencrypted until the shutdown).
+_raw_recv = socket.socket.recv
+_raw_shutdown = socket.socket.shutdown
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+_TLS_HANDSHAKE_RECORD = 22  # TLS record content type (RFC 8446 B.1): handshake
+
 
 def _stale_by_poll(sock: Socket) -> bool:
     """True if the peer closed or reset ``sock`` (or it failed) while it sat idle,
     where Linux's TCP_INFO is missing: poll without waiting (any readable event means
-    EOF, an error, or unsolicited bytes: all unsafe to send after)."""
+    EOF, an error, or unsolicited bytes: all unsafe to send after). Over TLS, bytes waiting
+    are TLS records, and not every record is data: see ``_tls_records_stale``."""
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLPRI)
-        return bool(poller.poll(0))
-    readable, _, errored = select.select([sock], [], [sock], 0)
-    return bool(readable or errored)
+        readable = bool(poller.poll(0))
+    else:  # pragma: no cover - Windows
+        ready, _, errored = select.select([sock], [], [sock], 0)
+        readable = bool(ready or errored)
+    if readable and isinstance(sock, ssl.SSLSocket):
+        return _tls_records_stale(sock)
+    return readable
+
+
+def _tls_records_stale(sock: ssl.SSLSocket) -> bool:
+    """Whether the records waiting on an idle TLS socket make it unsafe to send on.
+
+    A peek (no byte is consumed, the TLS session is untouched, nothing waits) at the raw
+    records: end of stream or an error is stale. A TLS 1.2 handshake record (a renegotiation
+    request) is not. Anything else is taken as stale: in TLS 1.2 an alert (``close_notify``)
+    or unsolicited data; in TLS 1.3 every record after the handshake looks the same from
+    outside (``application_data``), whether it is a session ticket, a ``close_notify`` or
+    data, and a ``close_notify`` followed by the peer's FIN cannot be told from a ticket
+    without decrypting. A wrong guess costs one redial, never a request.
+    """
+    try:
+        head = _raw_recv(sock, 1, _PEEK)
+    except (BlockingIOError, InterruptedError):
+        return False  # readable a moment ago, nothing now: nothing happened
+    except OSError:
+        return True
+    if not head:
+        return True
+    return not (head[0] == _TLS_HANDSHAKE_RECORD and sock.version() != "TLSv1.3")
 
 
 def stale(sock: Socket) -> bool:
     """Whether an idle socket is no longer usable: the peer closed or reset it (a server
     restart) or it failed. On Linux this reads the TCP state (``getsockopt(TCP_INFO)``,
     which keeps the interpreter lock, unlike ``poll``); elsewhere it polls without
-    waiting. It does not see unread bytes on Linux (see the README)."""
+    waiting. It does not see unread bytes on Linux (see the README).
+
+    The same holds over TLS: a server that ends a TLS connection sends ``close_notify``
+    and closes, and the TCP state shows the close. The probe never reads through the TLS
+    layer (another thread may be about to use the socket), so unread TLS 1.3 session
+    tickets are no reason to redial.
+    """
     if _TCP_INFO is not None:
         try:
             return sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, 1) != _ESTABLISHED
@@ -57,9 +99,11 @@ class SocketConnector:
 
     Every socket gets ``TCP_NODELAY`` (``nodelay``), TCP keepalive
     (``keepalive`` seconds of silence, then 3 probes ``keepalive // 3`` apart)
-    and ``io_timeout`` as an ordinary Python socket timeout. A ``check`` hook
-    (a protocol ping) receives the member (``PersistentConn``); without one, a
-    check is the stale probe.
+    and ``io_timeout`` as an ordinary Python socket timeout. With ``ssl`` (an
+    ``ssl.SSLContext``) each socket is an ``ssl.SSLSocket``, its handshake done
+    within the dial's deadline, for ``server_hostname`` (``Options.tls_hostname``).
+    A ``check`` hook (a protocol ping) receives the member (``PersistentConn``);
+    without one, a check is the stale probe.
     """
 
     __slots__ = (
@@ -71,6 +115,8 @@ class SocketConnector:
         "label",
         "nodelay",
         "probe_lease",
+        "server_hostname",
+        "tls",
     )
 
     #: A lent member's inherited socket is dropped at fork: its next I/O redials.
@@ -87,15 +133,21 @@ class SocketConnector:
         self.nodelay = options.nodelay
         self.keepalive = options.keepalive
         self.probe_lease = options.dial_timeout
+        self.tls = options.ssl
+        self.server_hostname = options.tls_hostname(address[0])
         self._hook = check
 
     def connect(self, deadline: float | None) -> Socket:
-        """A new socket, connected and configured, within ``deadline`` (``time.monotonic``)."""
+        """A new socket, connected, configured and (with ``ssl``) past its TLS handshake,
+        within ``deadline`` (``time.monotonic``)."""
         assert deadline is not None
         host, port = self.address
         sock = connect(host, port, deadline)
         try:
-            self.configure(sock)
+            self.configure(sock)  # before the handshake: no Nagle delay on its last flight
+            if self.tls is not None:
+                sock = handshake(sock, self.tls, self.server_hostname, deadline, label=self.label)
+                sock.settimeout(self.io_timeout)  # the handshake left it blocking
         except BaseException:
             sock.close()
             raise
@@ -145,9 +197,11 @@ class SocketConnector:
         return False
 
     def interrupt(self, sock: Socket) -> None:
-        """Wake a thread blocked on ``sock`` (a background check): shut it down, no wait."""
+        """Wake a thread blocked on ``sock`` (a background check, an ``abort``): shut it
+        down, no wait. A TLS socket keeps its session: the blocked reader sees the end of
+        the stream, a later send fails, and nothing is ever sent unencrypted."""
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            _raw_shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass
 

@@ -49,11 +49,12 @@ class PoolStats:
     ``connected`` (members holding a connection; an idle socket the peer has
     closed does not count), ``overflow`` (overflow connections open now).
 
-    Counters since the pool was made: ``lends`` (successful ``get``),
-    ``waits`` (``get`` calls that had to queue), ``timeouts`` (``get`` calls
-    that raised ``PoolTimeout``), ``wait_time`` (seconds callers spent
-    queued), ``dials`` (connect attempts), ``dial_failures``, ``broken``
-    (connections that failed during I/O or were put back broken), ``stale``
+    Counters since the pool was made: ``lends`` (members lent by ``get``,
+    also those whose dial then failed), ``waits`` (``get`` calls that had to
+    queue), ``timeouts`` (``get`` calls that raised ``PoolTimeout``),
+    ``wait_time`` (seconds callers spent queued), ``dials`` (connect
+    attempts), ``dial_failures``, ``broken`` (connections that failed during
+    I/O or were put back broken), ``stale``
     (idle connections found closed by the peer and replaced before use),
     ``leaks`` (lends held past ``leak_timeout``), ``hook_failures`` (check and
     close hooks that raised), and connections closed by reason:
@@ -149,7 +150,8 @@ class KeyedStats:
     its counters include keys already forgotten, so they never go down.
     ``keys_made``, ``keys_evicted`` (closed to make room under
     ``max_keys``), ``keys_expired`` (closed after ``key_idle_timeout``);
-    ``closed``.
+    ``waiting_for_room`` (gets for a new key waiting, under ``max_keys``, for a
+    key to become evictable); ``closed``.
     """
 
     __module__ = "gocp"
@@ -160,6 +162,7 @@ class KeyedStats:
     keys_made: int
     keys_evicted: int
     keys_expired: int
+    waiting_for_room: int
     closed: bool
 
 
@@ -192,11 +195,15 @@ class ClusterStats:
     """A snapshot of a cluster (``gocp.cluster``): ``servers`` (``{address:
     ServerStats}``, in the order they were added, removed servers that still
     have members lent included), ``total`` (one ``PoolStats`` adding them up;
-    its counters include removed servers), ``closed``."""
+    its counters include removed servers), ``waiting`` (gets of the cluster
+    waiting now for a member, a token or a server), ``closed``. A server removed
+    while members were lent and added back since shows twice, the removed one as
+    ``"address (removed)"``."""
 
     __module__ = "gocp"
 
     name: str
     servers: dict[str, ServerStats] = attrs.field(repr=False)
     total: PoolStats
+    waiting: int
     closed: bool

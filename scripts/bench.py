@@ -57,6 +57,10 @@ Scenarios (issue 4; the targets of issues 2 and 4, and of the restructure's issu
 - ``memory``: ``tracemalloc`` bytes per idle member of a pool of 1,000 whose
   members hold a connected socket, minus the bytes per raw connected socket.
 - ``import``: wall time of ``python -c "import X"`` minus ``python -c "pass"``.
+- ``tls``: the round trip over TLS (issue 12), one thread: a raw ``ssl`` socket held by the
+  caller (the floor) against gocp with ``ssl=`` (a pool of 1, and a pool of 8 lent in
+  turn, beside 8 raw TLS sockets used in turn). The server is the echo subprocess in
+  ``threads`` mode wrapping each connection in TLS, with a certificate ``trustme`` makes.
 - ``kinds``: keyed pools and clusters over a single pool of the same kind:
   get+put with socket members and with clients, and the echo round trip (1
   and 8 threads; three echo server processes; issue 10's target: keyed and
@@ -121,6 +125,7 @@ SCENARIOS = (
     "memory",
     "import",
     "kinds",
+    "tls",
 )
 
 
@@ -777,8 +782,16 @@ def contended_table(cfg: Settings, placement: str) -> Table:
 _ECHO_SERVER = r"""
 import os, selectors, socket, sys, threading
 
+tls = None
+if len(sys.argv) > 2:  # TLS: argv[2] is a PEM file with the key and the certificate chain
+    import ssl
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[2])
+
 def serve(conn):  # threads mode: one blocking thread per connection
     try:
+        if tls is not None:
+            conn = tls.wrap_socket(conn, server_side=True)
         while True:
             data = conn.recv(65536)
             if not data:
@@ -797,7 +810,7 @@ print(listener.getsockname()[1], flush=True)
 sel = selectors.DefaultSelector()
 sel.register(listener, selectors.EVENT_READ)
 sel.register(sys.stdin, selectors.EVENT_READ)  # EOF: the benchmark is done (or died)
-threads = sys.argv[1] == "threads"
+threads = sys.argv[1] == "threads" or tls is not None
 threading.stack_size(256 * 1024)
 while True:
     for key, _ in sel.select():
@@ -832,10 +845,10 @@ SERVERS = {
 class EchoProcess:
     """The echo server, in a child process so that it never competes for our GIL."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, *args: str) -> None:
         self.mode = mode
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _ECHO_SERVER, mode],
+            [sys.executable, "-c", _ECHO_SERVER, mode, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -1040,6 +1053,87 @@ def scenario_roundtrip(cfg: Settings) -> list[Table]:
             tables.append(roundtrip_table(cfg, address, 1, 8, placement))
             tables.append(roundtrip_table(cfg, address, 8, 8, placement))
     return tables
+
+
+# -- scenario: the round trip over TLS --------------------------------------------------
+
+
+def tls_table(cfg: Settings, server: EchoProcess, client: Any, placement: str) -> Table:
+    """One thread's TLS round trips: raw ssl sockets, gocp with ``ssl=``."""
+    address, size = server.address, 8
+    table = Table(
+        placed_key("tls", placement),
+        f"TLS echo round trip, {len(MSG)} B: 1 thread [{placement}: {PLACEMENTS[placement][0]}]",
+        "us/rt",
+        notes=[
+            "server: a blocking thread-per-connection TLS echo server in a subprocess; "
+            f"every socket TCP_NODELAY, timeout {IO_TIMEOUT:g} s; TLS 1.3, a trustme certificate",
+            f"{cfg.rt_repeats} samples of ~{cfg.rt_sample * 1000:.0f} ms per subject, gc off",
+            "floor: 1 raw ssl socket held by the caller",
+        ],
+    )
+
+    def tls_sock() -> socket.socket:
+        sock: socket.socket = client.wrap_socket(make_sock(address), server_hostname="127.0.0.1")
+        return sock
+
+    subjects: list[tuple[Row, Subject]] = []
+    runs: dict[str, Callable[[int], None]] = {}
+
+    def add(row: Row, run: Callable[[int], None], close: Callable[[], None]) -> None:
+        table.rows.append(row)
+        runs[row.name] = run
+        subjects.append((row, Subject(row.name, lambda: None, lambda _: None, close)))
+
+    sock = tls_sock()
+    add(
+        Row(f"floor: raw ssl socket (timeout {IO_TIMEOUT:g} s)", "floor"),
+        functools.partial(rt_raw, sock),
+        sock.close,
+    )
+    socks = [tls_sock() for _ in range(size)]
+    add(
+        Row(f"{size} raw ssl sockets used in turn (as a ring pool lends them)", "info"),
+        functools.partial(rt_raw_turns, socks),
+        functools.partial(close_socks, socks),
+    )
+    for pool_size in (1, size):
+        pool = gocp.new(address, size=pool_size, ssl=client)
+        name = f"gocp, ssl=, pool of {pool_size}"
+        add(Row(name, "gocp"), rt_pooled(Subject(name, pool.get, pool.put, pool.close)), pool.close)
+    try:  # the warm-up dials every member (and does its handshake)
+        rt = dataclasses.replace(cfg, repeats=cfg.rt_repeats, sample=cfg.rt_sample)
+        run_interleaved(rt, subjects, lambda subject: runs[subject.name])
+    finally:
+        close_all(subjects)
+    return table
+
+
+def scenario_tls(cfg: Settings) -> list[Table]:
+    try:
+        import ssl
+
+        import trustme
+    except ImportError:
+        print("\n== tls: needs trustme (pip install -e '.[dev]')")
+        return []
+    ca = trustme.CA()
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client)
+    with tempfile.TemporaryDirectory() as directory:
+        pem = Path(directory) / "server.pem"
+        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+            str(pem)
+        )
+        server = EchoProcess("threads", str(pem))
+    try:
+        tables = []
+        for placement in cfg.placements:
+            with placed(placement, server):
+                tables.append(tls_table(cfg, server, client, placement))
+        return tables
+    finally:
+        server.close()
 
 
 # -- scenario: lifecycle policies ----------------------------------------------------
@@ -1784,6 +1878,7 @@ RUNNERS: dict[str, Callable[[Settings], list[Table]]] = {
     "memory": scenario_memory,
     "import": scenario_import,
     "kinds": scenario_kinds,
+    "tls": scenario_tls,
 }
 
 

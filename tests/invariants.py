@@ -193,7 +193,9 @@ def assert_full_pool(
                     try:
                         round_trip(member)
                         break
-                    except gocp.DialError:
+                    except (gocp.DialError, gocp.ConnectionBroken):
+                        # Recovering: a server (or a proxy healing its faults) may still
+                        # close a connection made before it came back; the member redials.
                         if time.monotonic() >= deadline:
                             raise
                         time.sleep(0.005)  # polling with a deadline

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -71,23 +74,25 @@ def kinds(proxy: FaultProxy, conn: int) -> list[str]:
     return [e.what for e in proxy.events if e.conn == conn]
 
 
-@pytest.fixture
-def proxy(echo_server: EchoServer) -> Iterator[FaultProxy]:
+@pytest.fixture(name="proxy")
+def fixture_proxy(echo_server: EchoServer) -> Iterator[FaultProxy]:
+    """A started proxy in front of ``echo_server``; no "error" event by the end."""
     with FaultProxy(echo_server.address, seed=1) as started:
         yield started
     assert [e for e in started.events if e.what == "error"] == []
 
 
-@pytest.fixture
-def upstream() -> Iterator[socket.socket]:
+@pytest.fixture(name="upstream")
+def fixture_upstream() -> Iterator[socket.socket]:
     """A bare listening socket: the test accepts and reads the server side itself."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(IO_TIMEOUT)
         yield listener
 
 
-@pytest.fixture
-def raw_proxy(upstream: socket.socket) -> Iterator[FaultProxy]:
+@pytest.fixture(name="raw_proxy")
+def fixture_raw_proxy(upstream: socket.socket) -> Iterator[FaultProxy]:
+    """A started proxy in front of ``upstream``; no "error" event by the end."""
     with FaultProxy(upstream.getsockname()[:2], seed=1) as started:
         yield started
     assert [e for e in started.events if e.what == "error"] == []
@@ -566,7 +571,14 @@ BAD_CALLS = [
     (lambda p: p.blackhole("left"), ValueError, "direction"),
     (lambda p: p.stall(enabled=1), TypeError, "enabled"),
     (lambda p: p.kill_all(reset="yes"), TypeError, "reset"),
-    (lambda p: p.wait_for_event("x", timeout=-1), ValueError, "timeout"),
+    (lambda p: p.wait_for_event("cut", timeout=-1), ValueError, "timeout"),
+    (lambda p: p.wait_for_event("x"), ValueError, "what"),
+    (lambda p: p.wait_for_event("cut", conn=-1), ValueError, "conn"),
+    (lambda p: p.wait_for_event("cut", after=1.5), TypeError, "after"),
+    (lambda p: p.stop(reset=1), TypeError, "reset"),
+    (lambda p: FaultProxy(ADDRESS, port=-1), ValueError, "port"),
+    (lambda p: FaultProxy(ADDRESS, port=65536), ValueError, "port"),
+    (lambda p: FaultProxy(ADDRESS, port=True), TypeError, "port"),
 ]
 
 
@@ -577,17 +589,14 @@ def test_bad_arguments_name_the_argument(call: object, error: type, name: str) -
         call(proxy)  # type: ignore[operator]
 
 
-def test_calls_that_need_a_running_proxy() -> None:
+@pytest.mark.parametrize("action", ["refuse", "accept", "kill_all", "reset"])
+def test_actions_need_a_running_proxy(action: str) -> None:
     proxy = FaultProxy(ADDRESS)
     with pytest.raises(RuntimeError, match="before start"):
         _ = proxy.address
-    with pytest.raises(RuntimeError, match="not running"):
-        proxy.refuse()
-    with pytest.raises(RuntimeError, match="not running"):
-        proxy.accept()
-    proxy.kill_all()  # nothing to kill: a no-op
-    proxy.reset()
-    proxy.stop()
+    with pytest.raises(RuntimeError, match=rf"FaultProxy.{action}\(\): the proxy is not running"):
+        getattr(proxy, action)()
+    proxy.stop()  # idempotent, also before start
 
 
 # -- with a gocp pool ----------------------------------------------------------------------
@@ -654,3 +663,62 @@ def test_no_backoff_restores_the_previous_setting() -> None:
             pass
         assert _backoff._no_wait is True  # the inner block restored "on"
     assert _backoff._no_wait is False
+
+
+# -- out of descriptors ------------------------------------------------------------------
+
+OUT_OF_DESCRIPTORS = """
+import json, os, resource, socket, time
+from gocp.testing import FaultProxy
+
+def failures(proxy):
+    return [(e.what, e.detail) for e in proxy.events if "Errno 24" in e.detail]
+
+upstream = socket.create_server(("127.0.0.1", 0), backlog=64)  # never accepts: no fd there
+with FaultProxy(upstream.getsockname()[:2]) as proxy:
+    clients = [socket.socket() for _ in range(20)]  # made first: they need no new fd
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 5, hard))
+    connected = 0
+    for client in clients:
+        client.settimeout(5)
+        client.connect(proxy.address)
+        connected += 1
+        deadline = time.monotonic() + 5
+        while not any(e.conn == connected and e.what == "connect" for e in proxy.events):
+            if failures(proxy):
+                break
+            assert time.monotonic() < deadline, "neither dialled nor failed"
+            time.sleep(0.005)  # polling, with a deadline
+        if failures(proxy):
+            break  # its accept failed (it waits in the backlog), or its dial (it is reset)
+    for client in clients:
+        client.close()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    mark = proxy.mark()
+    with socket.create_connection(proxy.address, timeout=5):
+        proxy.wait_for_event("connect", after=mark, timeout=5)
+print(json.dumps({"failures": failures(proxy), "connected": connected}))
+"""
+
+
+def test_the_proxy_survives_running_out_of_descriptors() -> None:
+    """In a child process whose descriptor limit is lowered: accepts and upstream sockets
+    fail with EMFILE (logged, retried; the clients of failed dials are reset), and once
+    descriptors are free again the proxy accepts and dials as before."""
+    done = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["failures"], "the limit was never reached"
+    for what, detail in result["failures"]:  # at the accept, or at the upstream's socket
+        assert (what, detail.split(": [")[0]) in {
+            ("error", "accept: OSError"),
+            ("upstream_failed", "OSError"),
+        }
+    assert 1 <= result["connected"] < 20

@@ -65,6 +65,7 @@ class _LoopServer:
 
     @property
     def address_text(self) -> str:
+        """``address`` as ``"host:port"`` (``"[v6]:port"`` for IPv6)."""
         return (
             f"{self._host}:{self._port}"
             if ":" not in self._host
@@ -73,6 +74,7 @@ class _LoopServer:
 
     @property
     def running(self) -> bool:
+        """Whether the server thread runs (between ``start`` and ``stop``)."""
         return self._thread is not None
 
     @property
@@ -301,6 +303,12 @@ class RequestReplyServer(_LoopServer):
         self._faults: list[tuple[Fault, bool]] = []
 
     def fail_next(self, count: int = 1, fault: Fault = "reset", *, apply: bool = True) -> None:
+        """Make the next ``count`` requests fail after being read: ``"reset"`` (RST),
+        ``"close"`` (FIN) or ``"stall"`` (never answer, keep the connection).
+
+        Each is applied first (counted by ``applied``) unless ``apply=False``.
+        Faults queue up: a second call adds to the first.
+        """
         with self._lock:
             self._faults.extend([(fault, apply)] * count)
 
@@ -310,6 +318,8 @@ class RequestReplyServer(_LoopServer):
             return self._applied[request_id]
 
     def applied_counts(self) -> dict[str, int]:
+        """A copy of how many times each request id was applied (ids never applied are
+        absent)."""
         with self._lock:
             return dict(self._applied)
 
