@@ -574,6 +574,26 @@ class PoolCore(Generic[S, W]):
         error.__cause__ = exc
         return error
 
+    def dial_made(
+        self, slot: S, conn: Any, now: float, started: float
+    ) -> tuple[int, DialError | None]:
+        """A dial that began at ``started`` made ``conn`` for ``slot``: attach it and return
+        ``(failures before it, None)``; or, when the pool already holds ``conn`` (a dial
+        hook that returned a client it had made before), record a failed dial and return
+        ``(0, the error)``: the shell raises it and must not close ``conn`` (not its own)."""
+        if self.holds(conn):
+            return 0, self.dial_failed(
+                now,
+                started,
+                TypeError(
+                    f"dial hook {self.label} returned a client the pool already holds; "
+                    "it must make a new one each time"
+                ),
+            )
+        failures = self.dial_succeeded()
+        self.attach(slot, conn, now)
+        return failures, None
+
     def dial_succeeded(self) -> int:
         """Record a dial that worked; return how many had failed before it (0: none)."""
         failures = self.backoff.failures

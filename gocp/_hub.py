@@ -150,22 +150,12 @@ class Hub:
                 )
                 raise error from exc
             with lock:
-                if core.holds(conn):  # not ours to close: another slot uses it
-                    error = core.dial_failed(
-                        self.clock(),
-                        started,
-                        TypeError(
-                            f"dial hook {self.connector.label} returned a client the pool "
-                            "already holds; it must make a new one each time"
-                        ),
-                    )
-                    done = True
-                    conn = None
-                    raise error
-                failures = core.dial_succeeded()
-                core.attach(slot, conn, self.clock())
+                failures, refused = core.dial_made(slot, conn, self.clock(), started)
                 done = True
                 self.ready.notify_all()
+                if refused is not None:
+                    conn = None  # not ours to close: another slot holds it
+                    raise refused
             if failures:
                 self.report("info", "reconnected", failures=failures)
             return conn

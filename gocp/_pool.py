@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import sys
 import time
 import traceback
@@ -22,7 +21,8 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 import attrs
 
 from ._address import Address, AddressLike, format_address, parse_address
-from ._config import Options, check_bool, check_size, check_timeout
+from ._build import build_core, snapshot, upkeep_cap
+from ._config import Options, check_bool, check_timeout
 from ._conn import PersistentConn
 from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
 from ._errors import DialError, PoolClosed, PoolTimeout
@@ -30,7 +30,7 @@ from ._hooks import HookConnector
 from ._hub import Connector, Hub, Waiter, format_stack
 from ._log import make_log
 from ._sockets import SocketConnector
-from ._stats import MemberStats, PoolStats
+from ._stats import PoolStats
 from ._worker import Worker
 
 __all__ = [
@@ -166,9 +166,6 @@ class Pool(Closing, Generic[T]):
         address: str | None,
         worker: Worker | None = None,
     ) -> None:
-        size = check_size(size)
-        if options.min_idle > size:
-            raise ValueError(f"min_idle: must be <= size ({size}), got {options.min_idle}")
         log = make_log(logger)
         self.options = options
         self.name = options.name or connector.label
@@ -185,14 +182,13 @@ class Pool(Closing, Generic[T]):
             if sockets
             else (lambda index, overflow=False: Slot(index, overflow=overflow))
         )
-        core: PoolCore[Any, Waiter] = PoolCore(
-            [make(index) for index in range(size)],
-            options,
+        core: PoolCore[Any, Waiter] = build_core(
+            make,
+            size=size,
+            options=options,
             label=self.name,
-            make_overflow=lambda index: make(index, overflow=True),
-            dial_in_lend=not sockets,
+            sockets=sockets,
             can_check=connector.can_check,
-            random=random.random,
             probe_lease=connector.probe_lease,
         )
         hub.core = core
@@ -203,18 +199,8 @@ class Pool(Closing, Generic[T]):
         _live_hubs.add(hub)
         # A pool dropped without close() is closed when it is collected (no cycle holds it).
         self._finalizer = weakref.finalize(self, hub.close)
-        intervals = [
-            value
-            for value in (
-                options.check_interval if connector.can_check else None,
-                options.idle_timeout,
-                options.max_lifetime,
-                options.leak_timeout,
-            )
-            if value is not None
-        ]
-        if intervals or options.min_idle:
-            cap = max(0.001, min(intervals, default=1.0) / 4)
+        cap = upkeep_cap(options, can_check=connector.can_check)
+        if cap is not None:
             if worker is None:
                 worker = Worker(cap=cap, name=self.name)
                 subscribe = getattr(clock, "subscribe", None)
@@ -610,61 +596,14 @@ class Pool(Closing, Generic[T]):
 
     def stats(self) -> PoolStats:
         """A consistent, immutable snapshot of gauges and counters (see ``PoolStats``)."""
-        core = self._core
         connector: Any = self._hub.connector
         with self._lock:
-            epoch = self._epoch
-
-            def when(at: float | None) -> float | None:
-                return None if at is None or at == float("-inf") else epoch + at
-
-            connected = 0
-            members = []
-            for slot in core.members:
-                live = slot.conn is not None
-                if live and slot.state is not LENT:
-                    live = not connector.stale(slot.conn)  # an idle socket the peer closed
-                connected += live
-                members.append(
-                    MemberStats(
-                        index=slot.index,
-                        lent=slot.state is LENT,
-                        connected=live,
-                        connected_at=when(slot.connected_at) if slot.conn is not None else None,
-                        last_used_at=when(slot.idle_since),
-                        uses=core.uses(slot),
-                    )
-                )
-            lent = sum(1 for slot in core.members if slot.state is LENT)
-            extra_lent = sum(1 for slot in core.extra if slot.state is LENT)
-            closed_by = core.closed_by
-            return PoolStats(
+            return snapshot(
+                self._core,
                 name=self.name,
                 address=self.address_text,
-                size=len(core.members),
-                idle=len(core.idle),
-                in_use=lent + extra_lent,
-                waiting=sum(1 for waiter in list(core.waiters) if not waiter.closed),
-                connected=connected,
-                overflow=len(core.extra),
-                lends=core.lends,
-                waits=core.waits,
-                timeouts=core.timeouts,
-                wait_time=core.wait_time,
-                dials=core.dials,
-                dial_failures=core.dial_failures,
-                broken=core.broken,
-                stale=core.stale,
-                leaks=core.leaks,
-                hook_failures=core.hook_failures,
-                closed_idle=closed_by["idle"],
-                closed_lifetime=closed_by["lifetime"],
-                closed_check=closed_by["check"],
-                closed_broken=closed_by["broken"],
-                closed_overflow=closed_by["overflow"],
-                closed_fresh=closed_by["fresh"],
-                closed=core.closed,
-                members=tuple(members),
+                epoch=self._epoch,
+                stale=connector.stale,
             )
 
     def __repr__(self) -> str:

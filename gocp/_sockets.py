@@ -177,6 +177,11 @@ class SocketConnector:
 
     stale = staticmethod(stale)
 
+    def settle(self, sock: Socket, timeout: float | None) -> None:
+        """At put: the socket's timeout back to ``io_timeout`` (a lend may have set its
+        own)."""
+        sock.settimeout(timeout)
+
     def check(self, slot: Slot) -> bool:
         """The ``check`` hook on the member, or the stale probe on its idle socket."""
         if self._hook is None:
