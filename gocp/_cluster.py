@@ -83,7 +83,7 @@ class Cluster(Closing, Generic[T]):
                 raise ValueError(f"address: {self._show(key)} is in the cluster already")
             pool: Pool[T] = self._factory.make(key, self._worker)
             hub = pool._hub
-            hub.pool_ref = weakref.ref(self)  # type: ignore[assignment] # members' `with`
+            hub.pool_ref = weakref.ref(self)  # members' `with`
             hub.on_idle = self._poker.poke
             core = pool._core
             server = self._balancer.add(

@@ -20,9 +20,9 @@ from ._errors import ConnectionBroken, DialError, PoolClosed, describe
 from ._log import EventLog
 
 if TYPE_CHECKING:
-    from ._pool import Pool
+    pass
 
-__all__ = ["Connector", "Hub", "Waiter", "format_stack"]
+__all__ = ["Attempt", "Connector", "Hub", "HubBase", "Waiter", "format_stack"]
 
 _allocate_lock = threading.Lock
 
@@ -64,28 +64,34 @@ class Waiter:
         self.since = 0.0
 
 
-class Hub:
-    """Runs the work the core decides, outside the lock (see the module docstring)."""
+class Attempt:
+    """One dial in flight: when it began, whether the backoff let it go ahead, what it
+    made, and whether its outcome is recorded (set under the lock, so an interruption
+    after that point never records it twice)."""
 
-    __slots__ = (
-        "__weakref__",
-        "clock",
-        "closing",
-        "connector",
-        "core",
-        "lock",
-        "log",
-        "on_idle",
-        "pool_ref",
-        "ready",
-        "worker",
-    )
+    __slots__ = ("conn", "done", "started", "wait")
 
-    core: PoolCore[Any, Waiter]  # set by the pool once its members (which refer here) exist
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.wait: float | None = None  # 0.0: the backoff let it go ahead
+        self.conn: Any = None
+        self.done = False
+
+
+class HubBase:
+    """What a pool's members, its upkeep and its ``get``/``put`` share in either shell:
+    the core and the connector, and the steps around each piece of I/O (the core's
+    decisions taken under ``lock``; reports and closes made outside it). The threaded
+    ``Hub`` and the asyncio hub add the waiting and the I/O itself."""
+
+    __slots__ = ("__weakref__", "clock", "connector", "core", "lock", "log", "on_idle", "pool_ref")
+
+    core: PoolCore[Any, Any]  # set by the pool once its members (which refer here) exist
+    lock: Any  # a context manager: the pool's lock (threads), or none (asyncio)
 
     def __init__(
         self,
-        connector: Connector,
+        connector: Any,
         *,
         clock: Callable[[], float],
         log: EventLog | None,
@@ -93,98 +99,112 @@ class Hub:
         self.connector = connector
         self.clock = clock
         self.log = log
-        # An RLock, for its owner (see "Taking the lock" in gocp._pool); never taken twice
-        # by one thread.
-        self.lock = threading.RLock()
-        self.ready = threading.Condition(self.lock)  # min_idle connected, or closed
-        self.closing = threading.Event()  # set by close: ends waits between dial attempts
-        self.pool_ref: Callable[[], Pool[Any] | None] = lambda: None
-        self.worker: Any = None  # the background thread, when an option needs one
+        self.pool_ref: Callable[[], Any] = lambda: None
         # Called (outside the lock) when the pool's own work gave a slot back to the idle
         # ring: a cluster waiting on several pools at once hears of it here.
         self.on_idle: Callable[[], None] | None = None
 
-    # -- dialling -------------------------------------------------------------------
+    # -- the shell's part ---------------------------------------------------------------
 
-    def dial(self, slot: Slot, by: float | None = None) -> Any:
-        """Make a connection for a lent or busy ``slot`` and attach it; return it.
+    def wake(self, waiter: Any) -> None:
+        """Wake a waiter the core served (``DRAIN`` or ``None``: nobody). Under the lock."""
+        raise NotImplementedError
 
-        A socket connect is bounded by ``dial_timeout`` and, earlier, by ``by``
-        (``time.monotonic``: the caller's own deadline). During the
-        backoff this raises ``DialError`` at once (with ``retry_in``); a failed
-        dial raises ``DialError`` with the failure as its cause. Whatever
-        interrupts it, the probe it held is given up and a connection it made
-        is closed.
-        """
-        core, lock = self.core, self.lock
-        started = self.clock()
-        deadline = None
-        limit = self.connector.dial_timeout
-        if limit is not None:
-            deadline = time.monotonic() + limit
-            if by is not None:  # past ``by`` already: a last, near-instant try
-                deadline = min(deadline, max(by, time.monotonic() + 0.001))
-        wait: float | None = None
-        conn: Any = None
-        done = False
-        try:
-            with lock:
-                wait = core.dial_begin(started)
-                if wait:
-                    raise core.backoff_error(wait)
-            try:
-                conn = self.connector.connect(deadline)
-            except Exception as exc:
-                with lock:
-                    error = core.dial_failed(self.clock(), started, exc)
-                    done = True
-                    attempt = core.backoff.failures
-                    self.ready.notify_all()  # callers waiting out this probe look again
-                self.report(
-                    "warning",
-                    "dial_failed",
-                    member=slot.index,
-                    error=describe(exc),
-                    attempt=attempt,
-                    retry_in=round(error.retry_in, 3),
-                )
-                raise error from exc
-            with lock:
-                failures, refused = core.dial_made(slot, conn, self.clock(), started)
-                done = True
-                self.ready.notify_all()
-                if refused is not None:
-                    conn = None  # not ours to close: another slot holds it
-                    raise refused
-            if failures:
-                self.report("info", "reconnected", failures=failures)
-            return conn
-        finally:
-            if not done and wait == 0.0:  # interrupted: no outcome was recorded
-                with lock:
-                    core.dial_abandoned(started)
-                    self.ready.notify_all()
-                if conn is not None and slot.conn is not conn:
-                    self.close_conn(conn)
+    def wake_closed(self, waiter: Any) -> None:
+        """Wake a waiter because the pool closed. Under the lock."""
+        raise NotImplementedError
 
-    # -- checking and closing -------------------------------------------------------
+    def dial_reported(self) -> None:
+        """A dial's outcome was recorded (under the lock): callers waiting out a probe, or
+        for ``min_idle``, look again."""
 
-    def check(self, slot: Slot) -> bool:
-        """Run the check on a lent or busy slot's connection; a failed one is closed."""
-        ok, failed = False, False
-        try:
+    def upkeep_wake(self) -> None:
+        """A connection was closed while ``min_idle`` wants members connected."""
+
+    # -- dialling steps ------------------------------------------------------------------
+
+    def deadline(self, by: float | None) -> float | None:
+        """A connect's deadline (``time.monotonic``): ``dial_timeout`` from now, and no
+        later than ``by`` (past ``by`` already: a last, near-instant try)."""
+        limit: float | None = self.connector.dial_timeout
+        if limit is None:
+            return None
+        now = time.monotonic()
+        if by is None:
+            return now + limit
+        return min(now + limit, max(by, now + 0.001))
+
+    def dial_begin(self, attempt: Attempt) -> None:
+        """Ask the backoff; ``DialError`` (with ``retry_in``) while it says wait."""
+        core = self.core
+        with self.lock:
+            attempt.wait = core.dial_begin(attempt.started)
+            if attempt.wait:
+                raise core.backoff_error(attempt.wait)
+
+    def dial_failed(self, attempt: Attempt, slot: Slot, exc: BaseException) -> DialError:
+        """Record a failed connect, report it, and return the error to raise."""
+        core = self.core
+        with self.lock:
+            error = core.dial_failed(self.clock(), attempt.started, exc)
+            attempt.done = True
+            tries = core.backoff.failures
+            self.dial_reported()
+        self.report(
+            "warning",
+            "dial_failed",
+            member=slot.index,
+            error=describe(exc),
+            attempt=tries,
+            retry_in=round(error.retry_in, 3),
+        )
+        return error
+
+    def dial_made(self, attempt: Attempt, slot: Slot) -> Any:
+        """Attach what the connect made and return it (``DialError`` if the pool holds it
+        already: a dial hook that returned an old client)."""
+        conn = attempt.conn
+        with self.lock:
+            failures, refused = self.core.dial_made(slot, conn, self.clock(), attempt.started)
+            attempt.done = True
+            self.dial_reported()
+            if refused is not None:
+                attempt.conn = None  # not ours to close: another slot holds it
+                raise refused
+        if failures:
+            self.report("info", "reconnected", failures=failures)
+        return conn
+
+    def dial_ended(self, attempt: Attempt, slot: Slot) -> None:
+        """However the dial ended: if no outcome was recorded (interrupted, cancelled),
+        give up its probe and close what it made."""
+        if not attempt.done and attempt.wait == 0.0:
             with self.lock:
-                self.core.check_begins(slot)
-            ok = self.connector.check(slot)
-        except Exception as exc:  # noqa: BLE001 - a user hook: any failure means dead
-            failed = not isinstance(exc, ConnectionBroken)  # the socket's own I/O failed
-            self.report("warning", "check_failed", member=slot.index, error=describe(exc))
-        finally:
-            with self.lock:
-                self.core.checked(slot, self.clock(), ok, hook_failed=failed)
+                self.core.dial_abandoned(attempt.started)
+                attempt.done = True
+                self.dial_reported()
+            conn = attempt.conn
+            if conn is not None and slot.conn is not conn:
+                self.close_conn(conn)
+
+    # -- checking steps ---------------------------------------------------------------
+
+    def check_begins(self, slot: Slot) -> None:
+        with self.lock:
+            self.core.check_begins(slot)
+
+    def check_failed(self, slot: Slot, exc: BaseException) -> bool:
+        """Report a check that raised; True if its hook failed (not the socket's I/O)."""
+        self.report("warning", "check_failed", member=slot.index, error=describe(exc))
+        return not isinstance(exc, ConnectionBroken)
+
+    def check_ended(self, slot: Slot, ok: bool, failed: bool) -> None:
+        with self.lock:
+            self.core.checked(slot, self.clock(), ok, hook_failed=failed)
         if not ok:
             self.drain()
-        return ok
+
+    # -- closing connections -------------------------------------------------------------
 
     def drain(self) -> None:
         """Close the connections the core doomed (any thread, outside the lock).
@@ -205,17 +225,20 @@ class Hub:
             except BaseException:
                 self.close_conn(conn)
                 raise
-        if self.worker is not None and self.core.min_idle:
-            self.worker.wake(self)
+        if self.core.min_idle:
+            self.upkeep_wake()
 
     def close_conn(self, conn: Any) -> None:
         """Close one connection; a close that fails is reported, never raised."""
         try:
             self.connector.close(conn)
         except Exception as exc:  # noqa: BLE001 - a user hook or close(): report, go on
-            with self.lock:
-                self.core.hook_failed()
-            self.report("warning", "close_failed", error=describe(exc))
+            self.close_failed(exc)
+
+    def close_failed(self, exc: BaseException) -> None:
+        with self.lock:
+            self.core.hook_failed()
+        self.report("warning", "close_failed", error=describe(exc))
 
     def broke(self, slot: Slot, op: str, exc: BaseException) -> None:
         """A lent slot's connection failed during I/O: close it (it redials on next use)."""
@@ -235,38 +258,23 @@ class Hub:
         """Whether ``slot`` is lent (in its lend ``seq``, when given). Call under the lock."""
         return slot.state is LENT and (seq is None or slot.seq == seq)
 
-    def wake(self, waiter: Waiter | None) -> None:
-        """Wake a waiter the core served (``DRAIN`` or ``None``: nobody). Call under the lock."""
-        if waiter is not None and waiter is not DRAIN:
-            waiter.lock.release()
+    # -- the background pass ------------------------------------------------------------
 
-    # -- the background pass --------------------------------------------------------
-
-    def maintain(self) -> float:
-        """One background pass (checks, expiry, min_idle, leaks); seconds until the next."""
-        core, lock = self.core, self.lock
-        self._sweep()
-        with lock:
+    def plan(self) -> tuple[float, list[tuple[str, Any]], float]:
+        """The synchronous part of a background pass: find idle connections the peer
+        closed, take the core's tasks (waking the waiters it served), report leaks.
+        Returns ``(now, tasks, due)``: the shell runs the ``CHECK`` and ``DIAL`` tasks
+        (each then ``restore``), and looks again at ``due``."""
+        self.sweep()
+        with self.lock:
             now = self.clock()
-            tasks, due = core.maintain(now)
+            tasks, due = self.core.maintain(now)
             for kind, waiter in tasks:
                 if kind == WAKE:  # served under the lock: woken before letting go of it
-                    waiter.lock.release()
+                    self.wake(waiter)
         self.drain()
         for kind, slot in tasks:
-            if kind == CHECK:
-                try:
-                    self.check(slot)
-                finally:
-                    self._restore(slot, dialled=False)
-            elif kind == DIAL:
-                try:
-                    self.dial(slot)
-                except (DialError, PoolClosed):
-                    pass  # reported by dial; the backoff decides when to try again
-                finally:
-                    self._restore(slot, dialled=True)
-            elif kind == LEAK:  # (WAKE tasks were done above)
+            if kind == LEAK:
                 self.report(
                     "warning",
                     "leak",
@@ -274,9 +282,9 @@ class Hub:
                     held_for=round(now - slot.lent_at, 3),
                     taken_at=format_stack(slot.stack),
                 )
-        return due - now
+        return now, [task for task in tasks if task[0] in (CHECK, DIAL)], due
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         """Find idle connections the peer closed (sockets: the stale probe, no I/O), so
         that ``connected`` and ``min_idle`` see the truth without waiting for a lend."""
         idle = [(slot, slot.conn) for slot in list(self.core.idle)]
@@ -291,7 +299,8 @@ class Hub:
                     self.core.found_stale(slot)
         self.drain()
 
-    def _restore(self, slot: Slot, *, dialled: bool) -> None:
+    def restore(self, slot: Slot, *, dialled: bool) -> None:
+        """A background task on ``slot`` ended: back to the idle ring (or a waiter)."""
         with self.lock:
             self.wake(self.core.restore(slot, self.clock(), dialled=dialled))
         self.drain()
@@ -299,44 +308,24 @@ class Hub:
         if on_idle is not None:
             on_idle()
 
-    # -- closing, forking -------------------------------------------------------------
+    # -- closing -------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the pool: idle connections now, lent ones when put back; wake waiters.
-
-        Running it again finishes an interrupted close. Never waits on the
-        network; the background thread stops after its current task.
-        """
+    def close_core(self) -> None:
+        """Close the core: wake every waiter, end checks blocked on a dead peer. Running it
+        again finishes an interrupted close."""
         with self.lock:
             for waiter in self.core.close():
-                waiter.closed = True  # then the release: no call in between
-                waiter.lock.release()
-            self.ready.notify_all()
+                self.wake_closed(waiter)
+            self.dial_reported()
             for slot in self.core.checking:  # a check blocked on a dead peer ends now
                 if slot.state is BUSY and slot.conn is not None:
                     self.connector.interrupt(slot.conn)
-        self.closing.set()
-        if self.worker is not None:
-            self.worker.remove(self)
+
+    def closed_down(self) -> None:
+        """After the close: close what it doomed, write the log counts still held."""
         self.drain()
         if self.log is not None:
             self.log.close(self.clock())  # write the counts of repeats still held back
-
-    def after_fork(self) -> None:
-        """In a forked child: a fresh lock, inherited connections dropped without I/O."""
-        self.lock._at_fork_reinit()  # type: ignore[attr-defined]
-        self.ready = threading.Condition(self.lock)
-        self.closing = threading.Event()
-        if self.core.closed:
-            self.closing.set()
-        core, connector = self.core, self.connector
-        core.after_fork(release_lent=connector.release_lent)
-        for slot in (*core.members, *core.extra):
-            connector.forget(slot)
-        kept = [conn for conn in core.released if connector.release(conn)]
-        core.released[:] = kept
-        if self.worker is not None:
-            self.worker.after_fork()
 
     # -- reporting ----------------------------------------------------------------------
 
@@ -353,6 +342,129 @@ class Hub:
                 pool=self.core.label,
                 **fields,
             )
+
+
+class Hub(HubBase):
+    """The threaded shell's hub: a lock, a condition for ``wait_ready``, the background
+    thread, and the blocking dial and check (see the module docstring)."""
+
+    __slots__ = ("closing", "ready", "worker")
+
+    core: PoolCore[Any, Waiter]
+
+    def __init__(
+        self,
+        connector: Connector,
+        *,
+        clock: Callable[[], float],
+        log: EventLog | None,
+    ) -> None:
+        super().__init__(connector, clock=clock, log=log)
+        # An RLock, for its owner (see "Taking the lock" in gocp._pool); never taken twice
+        # by one thread.
+        self.lock = threading.RLock()
+        self.ready = threading.Condition(self.lock)  # min_idle connected, or closed
+        self.closing = threading.Event()  # set by close: ends waits between dial attempts
+        self.worker: Any = None  # the background thread, when an option needs one
+
+    def wake(self, waiter: Waiter | None) -> None:
+        if waiter is not None and waiter is not DRAIN:
+            waiter.lock.release()
+
+    def wake_closed(self, waiter: Waiter) -> None:
+        waiter.closed = True  # then the release: no call in between
+        waiter.lock.release()
+
+    def dial_reported(self) -> None:
+        self.ready.notify_all()
+
+    def upkeep_wake(self) -> None:
+        if self.worker is not None:
+            self.worker.wake(self)
+
+    # -- dialling -------------------------------------------------------------------
+
+    def dial(self, slot: Slot, by: float | None = None) -> Any:
+        """Make a connection for a lent or busy ``slot`` and attach it; return it.
+
+        A socket connect is bounded by ``dial_timeout`` and, earlier, by ``by``
+        (``time.monotonic``: the caller's own deadline). During the
+        backoff this raises ``DialError`` at once (with ``retry_in``); a failed
+        dial raises ``DialError`` with the failure as its cause. Whatever
+        interrupts it, the probe it held is given up and a connection it made
+        is closed.
+        """
+        attempt = Attempt(self.clock())
+        deadline = self.deadline(by)
+        try:
+            self.dial_begin(attempt)
+            try:
+                attempt.conn = self.connector.connect(deadline)
+            except Exception as exc:
+                raise self.dial_failed(attempt, slot, exc) from exc
+            return self.dial_made(attempt, slot)
+        finally:
+            self.dial_ended(attempt, slot)
+
+    def check(self, slot: Slot) -> bool:
+        """Run the check on a lent or busy slot's connection; a failed one is closed."""
+        ok, failed = False, False
+        try:
+            self.check_begins(slot)
+            ok = self.connector.check(slot)
+        except Exception as exc:  # noqa: BLE001 - a user hook: any failure means dead
+            failed = self.check_failed(slot, exc)
+        finally:
+            self.check_ended(slot, ok, failed)
+        return ok
+
+    def maintain(self) -> float:
+        """One background pass (checks, expiry, min_idle, leaks); seconds until the next."""
+        now, tasks, due = self.plan()
+        for kind, slot in tasks:
+            if kind == CHECK:
+                try:
+                    self.check(slot)
+                finally:
+                    self.restore(slot, dialled=False)
+            else:
+                try:
+                    self.dial(slot)
+                except (DialError, PoolClosed):
+                    pass  # reported by dial; the backoff decides when to try again
+                finally:
+                    self.restore(slot, dialled=True)
+        return due - now
+
+    # -- closing, forking -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the pool: idle connections now, lent ones when put back; wake waiters.
+
+        Running it again finishes an interrupted close. Never waits on the
+        network; the background thread stops after its current task.
+        """
+        self.close_core()
+        self.closing.set()
+        if self.worker is not None:
+            self.worker.remove(self)
+        self.closed_down()
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock, inherited connections dropped without I/O."""
+        self.lock._at_fork_reinit()
+        self.ready = threading.Condition(self.lock)
+        self.closing = threading.Event()
+        if self.core.closed:
+            self.closing.set()
+        core, connector = self.core, self.connector
+        core.after_fork(release_lent=connector.release_lent)
+        for slot in (*core.members, *core.extra):
+            connector.forget(slot)
+        kept = [conn for conn in core.released if connector.release(conn)]
+        core.released[:] = kept
+        if self.worker is not None:
+            self.worker.after_fork()
 
 
 def format_stack(stack: Any) -> str:

@@ -173,7 +173,7 @@ class KeyedPool(Closing, Generic[T]):
 
     def _new_pool(self, key: Hashable) -> Pool[T]:
         pool: Pool[T] = self._factory.make(key, self._worker)
-        pool._hub.pool_ref = weakref.ref(self)  # type: ignore[assignment] # members' `with`
+        pool._hub.pool_ref = weakref.ref(self)  # members' `with`
         return pool
 
     def put(self, conn: T, broken: bool = False) -> None:
