@@ -12,7 +12,7 @@ from ._config import Options, check_size
 from ._core import LENT, PoolCore, Slot
 from ._stats import MemberStats, PoolStats
 
-__all__ = ["build_core", "snapshot", "upkeep_cap"]
+__all__ = ["broken_by", "build_core", "snapshot", "upkeep_cap"]
 
 
 def build_core(
@@ -41,6 +41,23 @@ def build_core(
         random=random.random,
         probe_lease=probe_lease,
     )
+
+
+def broken_by(
+    options: Options, conn: Any, exc: BaseException | None, *, sockets: bool, hub: Any
+) -> bool:
+    """Whether a ``with`` block that raised ``exc`` leaves ``conn`` broken: not if the
+    block raised nothing, nor (sockets) if it did no I/O (the stream is as it was); else
+    as ``broken_on`` says (a predicate that raises: broken, and reported)."""
+    if exc is None:
+        return False
+    if sockets and not conn._used():
+        return False
+    try:
+        return options.is_broken(exc)
+    except Exception as error:  # noqa: BLE001 - a failing predicate
+        hub.report("warning", "broken_on_failed", error=repr(error))
+        return True
 
 
 def upkeep_cap(options: Options, *, can_check: bool) -> float | None:

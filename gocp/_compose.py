@@ -18,7 +18,8 @@ import attrs
 from ._address import format_address, parse_address
 from ._config import Options, check_size
 from ._conn import PersistentConn
-from ._pool import Pool, check_hook, client_options, client_pool, socket_pool
+from ._make import check_hook, client_options, client_pool, socket_pool
+from ._pool import THREADS, Pool
 from ._worker import Worker
 
 __all__ = ["Factory", "Members", "Part", "factory"]
@@ -88,14 +89,16 @@ def factory(
     if dial is None:
 
         def make_sockets(key: Hashable, worker: Worker) -> Pool[Any]:
-            return socket_pool(
+            made: Pool[Any] = socket_pool(
                 key,  # type: ignore[arg-type]
                 size=size,
                 options=opts,
                 logger=logger,
                 check=check,
                 worker=worker,
+                shell=THREADS,
             )
+            return made
 
         parsed: dict[object, Hashable] = {}  # what callers pass -> the key (parsing is slow)
 
@@ -126,7 +129,7 @@ def factory(
 
     def make_clients(key: Hashable, worker: Worker) -> Pool[Any]:
         label = show_key(key)
-        return client_pool(
+        made: Pool[Any] = client_pool(
             lambda: dial_hook(key),
             size=size,
             options=opts,
@@ -136,7 +139,9 @@ def factory(
             label=label,
             address=label,
             worker=worker,
+            shell=THREADS,
         )
+        return made
 
     def hashable_key(value: object) -> Hashable:
         try:

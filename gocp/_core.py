@@ -760,6 +760,14 @@ class PoolCore(Generic[S, W]):
         """A close hook (or a client's ``close()``) raised: count it."""
         self.hook_failures += 1
 
+    def not_ready(self, timeout: float) -> PoolTimeout:
+        """The ``PoolTimeout`` of a ``wait_ready`` whose ``timeout`` ran out."""
+        return PoolTimeout(
+            f"{self.label}: {self.connected} of min_idle={self.min_idle} members connected "
+            f"within {timeout}s (last dial error: {self.backoff.last_error!r})",
+            timeout=timeout,
+        )
+
     def exhausted(
         self, timeout: float, now: float, where: Callable[[Any], str], *, count: bool = False
     ) -> PoolTimeout:

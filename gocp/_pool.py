@@ -18,32 +18,21 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-import attrs
-
-from ._address import Address, AddressLike, format_address, parse_address
-from ._build import build_core, snapshot, upkeep_cap
+from ._address import AddressLike
+from ._build import broken_by, build_core, snapshot, upkeep_cap
 from ._config import Options, check_bool, check_timeout
 from ._conn import PersistentConn
 from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
-from ._errors import DialError, PoolClosed, PoolTimeout
+from ._errors import DialError, PoolClosed
 from ._hooks import HookConnector
 from ._hub import Connector, Hub, Waiter, format_stack
 from ._log import make_log
+from ._make import Shell, build_new, build_pool
 from ._sockets import SocketConnector
 from ._stats import PoolStats
 from ._worker import Worker
 
-__all__ = [
-    "Closing",
-    "Lend",
-    "Pool",
-    "check_hook",
-    "client_options",
-    "client_pool",
-    "new",
-    "pool",
-    "socket_pool",
-]
+__all__ = ["THREADS", "Closing", "Lend", "Pool", "new", "pool"]
 
 # An uncontended get or put takes no lock at all (see "lending" in gocp._core). Where
 # get must queue, it takes the lock at about half the cost of ``with``:
@@ -499,15 +488,7 @@ class Pool(Closing, Generic[T]):
 
     def _broken_by(self, conn: Any, exc: BaseException | None) -> bool:
         """Whether a ``with`` block that raised ``exc`` leaves ``conn`` broken."""
-        if exc is None:
-            return False
-        if self._sockets and not conn._used():
-            return False  # no I/O in this lend: the stream is as it was
-        try:
-            return self.options.is_broken(exc)
-        except Exception as error:  # noqa: BLE001 - a failing predicate
-            self._hub.report("warning", "broken_on_failed", error=repr(error))
-            return True
+        return broken_by(self.options, conn, exc, sockets=self._sockets, hub=self._hub)
 
     def _connect(self, conn: Any, by: float | None) -> None:
         """Make sure a socket member just lent holds a live socket: replace one the peer
@@ -570,12 +551,7 @@ class Pool(Closing, Generic[T]):
             if self._core.closed:
                 raise PoolClosed(f"pool {self.name} is closed")
             if not ok:
-                raise PoolTimeout(
-                    f"{self.name}: {self._core.connected} of min_idle="
-                    f"{self._core.min_idle} members connected within {timeout}s "
-                    f"(last dial error: {self._core.backoff.last_error!r})",
-                    timeout=timeout or 0.0,
-                )
+                raise self._core.not_ready(timeout or 0.0)
 
     # -- closing -----------------------------------------------------------------
 
@@ -661,44 +637,10 @@ def new(
 
     Raises ``TypeError`` or ``ValueError`` naming the bad argument.
     """
-    parsed = parse_address(address)
-    check_hook("check", check, optional=True)
-    opts = Options.build(options, check=check is not None)
-    return socket_pool(parsed, size=size, options=opts, logger=logger, check=check)
-
-
-def socket_pool(
-    address: Address,
-    *,
-    size: int,
-    options: Options,
-    logger: object,
-    check: Callable[[PersistentConn], object] | None,
-    name: str | None = None,
-    worker: Worker | None = None,
-) -> Pool[PersistentConn]:
-    """``gocp.new`` once its arguments are checked: keyed pools and clusters make theirs
-    here (``name`` overrides the option's, ``worker`` is the thread they share)."""
-    if name is not None:
-        options = attrs.evolve(options, name=name)
-    connector = SocketConnector(address, options, check=check)
-    text = format_address(address)
-    return Pool(
-        connector,
-        size=size,
-        options=options,
-        logger=logger,
-        sockets=True,
-        address=text,
-        worker=worker,
+    made: Pool[PersistentConn] = build_new(
+        address, size=size, logger=logger, check=check, options=options, shell=THREADS
     )
-
-
-def check_hook(name: str, hook: object, *, optional: bool) -> None:
-    """A ``TypeError`` naming ``name`` unless ``hook`` is callable (or None, if optional)."""
-    if not callable(hook) and not (optional and hook is None):
-        expected = "a callable or None" if optional else "a callable"
-        raise TypeError(f"{name}: expected {expected}, got {hook!r}")
+    return made
 
 
 def pool(
@@ -724,54 +666,13 @@ def pool(
     to). Socket options (``dial_timeout``, ``io_timeout``, ``nodelay``,
     ``keepalive``) are a ``TypeError``: the hooks bound their own I/O.
     """
-    check_hook("dial", dial, optional=False)
-    check_hook("check", check, optional=True)
-    check_hook("close", close, optional=True)
-    opts = client_options(options, check=check)
-    label = opts.name or getattr(dial, "__qualname__", None) or type(dial).__qualname__
-    return client_pool(
-        dial, size=size, options=opts, logger=logger, check=check, close=close, label=label
+    made: Pool[T] = build_pool(
+        dial, size=size, check=check, close=close, logger=logger, options=options, shell=THREADS
     )
+    return made
 
 
-def client_options(options: dict[str, Any], *, check: object) -> Options:
-    """The options of a pool of clients: no socket options; a check interval needs a check."""
-    opts = Options.build(options, sockets=False, check=check is not None)
-    if check is None and opts.check_interval is not None:
-        raise ValueError("check_interval: needs a check hook (check=...) in a pool of clients")
-    return opts
-
-
-def client_pool(
-    dial: Callable[[], T],
-    *,
-    size: int,
-    options: Options,
-    logger: object,
-    check: Callable[[T], object] | None,
-    close: Callable[[T], object] | None,
-    label: str,
-    address: str | None = None,
-    name: str | None = None,
-    worker: Worker | None = None,
-) -> Pool[T]:
-    """``gocp.pool`` once its arguments are checked (see ``socket_pool``; ``label`` names
-    the server in logs and errors, ``address`` in stats)."""
-    if name is not None:
-        options = attrs.evolve(options, name=name)
-    connector = HookConnector(
-        dial, check=check, close=close, label=label, probe_lease=options.retry_max
-    )
-    return Pool(
-        connector,
-        size=size,
-        options=options,
-        logger=logger,
-        sockets=False,
-        address=address,
-        worker=worker,
-    )
-
+THREADS = Shell(pool=Pool, sockets=SocketConnector, hooks=HookConnector)
 
 new.__module__ = "gocp"
 pool.__module__ = "gocp"

@@ -1,0 +1,345 @@
+"""The asyncio pool: the same core as the threaded ``Pool``, waiting with futures.
+
+Everything of a pool runs in one event loop (the loop of its first use): the core
+needs no lock, a queued ``get`` waits on a future the core's decisions resolve, and the
+background upkeep is a task that ends on close. Cancellation never loses a slot: a
+``get`` cancelled while queued leaves the queue; one served and cancelled before it
+resumed gives its member back; a cancelled dial ends its probe (``AioHub.dial``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+from ._aio_conn import AioConn
+from ._aio_hub import AioHub, AioWaiter
+from ._build import broken_by, build_core, snapshot, upkeep_cap
+from ._config import Options, check_bool, check_timeout
+from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
+from ._errors import DialError, PoolClosed
+from ._log import make_log
+from ._stats import PoolStats
+from ._steps import format_stack
+
+__all__ = ["AioLend", "AioPool"]
+
+T = TypeVar("T")
+
+_monotonic = time.monotonic
+
+
+class AioLend(Generic[T]):
+    """What ``AioPool.connection`` returns: ``async with`` gets a member and puts it back."""
+
+    __module__ = "gocp.aio"
+    __slots__ = ("_conn", "_connect", "_fresh", "_owner", "_timeout")
+
+    def __init__(
+        self, owner: AioPool[T], timeout: float | None, *, fresh: bool, connect: bool
+    ) -> None:
+        self._owner = owner
+        self._timeout = timeout
+        self._fresh = fresh
+        self._connect = connect
+        self._conn: T | None = None
+
+    async def __aenter__(self) -> T:
+        if self._conn is not None:
+            raise RuntimeError("a connection() context can be entered once")
+        conn = self._conn = await self._owner.get(
+            self._timeout, fresh=self._fresh, connect=self._connect
+        )
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._owner._return(conn, exc)
+
+
+class AioPool(Generic[T]):
+    """``gocp.Pool`` for asyncio: ``size`` self-redialling connections (or clients).
+
+    Make one with ``gocp.aio.new(address)`` (members are ``gocp.aio.AioConn``)
+    or ``gocp.aio.pool(dial)`` (members are what ``dial()`` makes; coroutine
+    hooks are awaited). It may be made outside a running loop and belongs to
+    the loop of its first use; use it from that loop only. ``put`` never awaits.
+    """
+
+    __module__ = "gocp.aio"
+
+    def __init__(
+        self,
+        connector: Any,
+        *,
+        size: int,
+        options: Options,
+        logger: object,
+        sockets: bool,
+        address: str | None,
+        worker: object = None,
+    ) -> None:
+        log = make_log(logger)
+        self.options = options
+        self.name = options.name or connector.label
+        self.address_text = address
+        clock = options.clock or _monotonic
+        self._clock = clock
+        self._epoch = time.time() - clock()
+        self._sockets = sockets
+        hub = AioHub(connector, clock=clock, log=log)
+        make: Callable[..., Slot] = (
+            (lambda index, overflow=False: AioConn(hub, index, overflow=overflow))
+            if sockets
+            else (lambda index, overflow=False: Slot(index, overflow=overflow))
+        )
+        core: PoolCore[Any, AioWaiter] = build_core(
+            make,
+            size=size,
+            options=options,
+            label=self.name,
+            sockets=sockets,
+            can_check=connector.can_check,
+            probe_lease=connector.probe_lease,
+        )
+        hub.core = core
+        hub.pool_ref = weakref.ref(self)
+        self._hub = hub
+        self._core = core
+        self._cap = upkeep_cap(options, can_check=connector.can_check)
+        subscribe = getattr(clock, "subscribe", None)
+        if callable(subscribe):
+            subscribe(hub.upkeep_wake)  # a fake clock moved: the upkeep looks at once
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The ``(host, port)`` of a socket pool's server; ``None`` for a pool of clients."""
+        return getattr(self._hub.connector, "address", None)
+
+    @property
+    def size(self) -> int:
+        """The number of members; constant for the pool's life."""
+        return len(self._core.members)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._core.closed
+
+    # -- lending ---------------------------------------------------------------
+
+    async def get(
+        self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
+    ) -> T:
+        """Lend a member, waiting up to ``timeout`` seconds (``None``: no bound); as
+        ``gocp.Pool.get`` (the same errors), awaited. ``asyncio.timeout()`` around it
+        leaves the pool as this call's own timeout would."""
+        if timeout is not None:
+            timeout = check_timeout("timeout", timeout)
+        core = self._core
+        if self._cap is not None and self._hub.upkeep is None:
+            self._hub.start_upkeep(self._cap)
+        slot: Any = core.lend(self._clock() if core.timed else 0.0)
+        if slot is None:
+            now = self._clock()
+            slot = core.lend_slow(now)
+            if slot is None:
+                if timeout == 0:
+                    raise core.exhausted(0.0, now, format_stack, count=True)
+                started = _monotonic()
+                slot = await self._wait(timeout, now)
+                if timeout is not None:
+                    timeout = max(0.0, timeout - (_monotonic() - started))
+        if slot.pending or fresh or connect:
+            seq = slot.seq
+            try:
+                await self._prepare(slot, timeout, fresh=fresh, connect=connect)
+            except BaseException:  # failed or cancelled: the member goes back
+                self._give_back(slot, seq)
+                raise
+        return slot if self._sockets else slot.conn  # type: ignore[no-any-return]
+
+    async def _wait(self, timeout: float | None, now: float) -> Slot:
+        """Queue for a member; leave the queue (or give back what was served) however the
+        wait ends."""
+        core = self._core
+        waiter = AioWaiter(asyncio.get_running_loop().create_future())
+        slot = core.enqueue(waiter, now)
+        if slot is not None:  # one came back meanwhile
+            return slot  # type: ignore[no-any-return]
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter.future
+        except TimeoutError:
+            if core.cancel(waiter, self._clock()):
+                raise core.exhausted(timeout or 0.0, self._clock(), format_stack) from None
+            # Served (or closed) as the time ran out: take it.
+        except BaseException:  # cancelled from outside (or asyncio.timeout around us)
+            core.cancel(waiter, self._clock(), timed_out=False)
+            served = waiter.slot
+            if served is not None:  # served, then cancelled before it resumed
+                self._give_back(served, served.seq)
+            raise
+        slot = waiter.slot
+        if slot is None:
+            core.cancel(waiter, self._clock(), timed_out=False)
+            raise PoolClosed(f"pool {self.name} was closed while waiting")
+        return slot  # type: ignore[no-any-return]
+
+    async def _prepare(
+        self, slot: Slot, timeout: float | None, *, fresh: bool, connect: bool
+    ) -> None:
+        """A lent slot's review (as ``Pool._prepare``): close what expired, check, dial."""
+        check_bool("fresh", fresh)
+        check_bool("connect", connect)
+        hub, core = self._hub, self._core
+        action = core.prepare(slot, self._clock(), fresh=fresh)
+        hub.drain()
+        if action == CHECK and not await hub.check(slot):
+            action = core.prepare(slot, self._clock())
+        if connect and self._sockets and slot.conn is not None and hub.connector.stale(slot.conn):
+            hub.stale(slot)
+        if action == DIAL or (connect and slot.conn is None):
+            await self._dial(slot, timeout, connect=connect)
+
+    async def _dial(self, slot: Slot, timeout: float | None, *, connect: bool) -> None:
+        """Dial a lent slot within ``timeout`` (see ``Pool._dial``)."""
+        hub, core = self._hub, self._core
+        deadline = None if timeout is None else _monotonic() + timeout
+        attempts = math.inf if connect else self.options.dial_attempts
+        made = 0
+        while True:
+            dials = core.dials
+            try:
+                await hub.dial(slot, deadline)
+                return
+            except DialError as exc:
+                made += core.dials - dials
+                if made >= attempts or attempts == 1:
+                    raise
+                wait = exc.retry_in
+                if deadline is not None and _monotonic() + wait >= deadline:
+                    raise
+            await hub.changed(wait)  # the backoff's end, or a probe's outcome, or the close
+            if core.closed:
+                raise PoolClosed(f"pool {self.name} was closed while dialling")
+
+    def _give_back(self, slot: Any, seq: int, *, broken: bool = False) -> None:
+        """Give back the lend ``seq`` of ``slot`` if it is still lent (idempotent)."""
+        if slot.state is LENT and slot.seq == seq:
+            if self._sockets:
+                slot._forget_lend()
+            if broken:
+                self._core.broke(slot)
+            self._hub.wake(self._core.give_back_slow(slot, self._clock()))
+        self._hub.drain()
+
+    def put(self, conn: T, broken: bool = False) -> None:
+        """Give back a member lent by ``get`` (a plain method: it never awaits).
+
+        As ``gocp.Pool.put``: ``broken=True`` closes its connection; misuse raises
+        ``TypeError`` or ``ValueError`` and leaves the pool as it was."""
+        if broken is not False and broken is not True:
+            raise TypeError(f"broken: expected True or False, got {broken!r}")
+        slot = self._slot_of(conn)
+        if slot is None:
+            if self._sockets and conn.__class__ is not AioConn:
+                raise TypeError(f"conn: expected a gocp.aio.AioConn, got {type(conn).__name__}")
+            raise ValueError(f"conn: {conn!r} was not lent by {self!r} (or was put back already)")
+        if self._sockets:
+            slot._io = None
+            if slot._dirty and not slot._end_lend():
+                broken = True
+        core = self._core
+        if broken and slot.state is LENT:
+            core.broke(slot)
+            self._hub.drain()
+        now = self._clock()
+        waiter = core.give_back(slot, now)
+        if waiter is SLOW:
+            waiter = core.give_back_slow(slot, now)
+            self._hub.drain()
+        self._hub.wake(waiter)
+
+    def _slot_of(self, conn: Any) -> Any:
+        """The slot of one of this pool's members (an AioConn, or a lent client)."""
+        if self._sockets:
+            if conn.__class__ is AioConn and conn._hub is self._hub:
+                return conn
+            return None
+        slot = self._core.by_conn.get(id(conn))
+        return slot if slot is not None and slot.conn is conn else None
+
+    def _return(self, conn: Any, exc: BaseException | None) -> None:
+        """Put back at the end of an ``async with`` block, by ``Pool.connection``'s rule."""
+        self.put(conn, broken_by(self.options, conn, exc, sockets=self._sockets, hub=self._hub))
+
+    def connection(
+        self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
+    ) -> AioLend[T]:
+        """``async with pool.connection() as conn:``: get, and put back after (broken if
+        the block raised what ``broken_on`` accepts, after I/O for sockets)."""
+        return AioLend(self, timeout, fresh=fresh, connect=connect)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until ``min_idle`` members are connected; ``PoolTimeout``, ``PoolClosed``."""
+        if timeout is not None:
+            timeout = check_timeout("timeout", timeout)
+        if self._cap is not None and self._hub.upkeep is None:
+            self._hub.start_upkeep(self._cap)
+        deadline = None if timeout is None else _monotonic() + timeout
+        core = self._core
+        while not core.ready and not core.closed:
+            left = None if deadline is None else deadline - _monotonic()
+            if left is not None and left <= 0:
+                raise core.not_ready(timeout or 0.0)
+            await self._hub.changed(left)
+        if core.closed:
+            raise PoolClosed(f"pool {self.name} is closed")
+
+    # -- closing and observing -------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close idle members now and lent ones when they come back; wake waiters; stop
+        the upkeep task and wait for close hooks. Idempotent; nothing is left pending."""
+        await self._hub.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def stats(self) -> PoolStats:
+        """A consistent, immutable snapshot (see ``gocp.PoolStats``)."""
+        return snapshot(
+            self._core,
+            name=self.name,
+            address=self.address_text,
+            epoch=self._epoch,
+            stale=self._hub.connector.stale,
+        )
+
+    def __repr__(self) -> str:
+        core = self._core
+        state = " closed" if core.closed else ""
+        return (
+            f"<gocp.aio.AioPool {self.name} size={len(core.members)} idle={len(core.idle)} "
+            f"waiting={len(core.waiters)} connected={core.connected}{state}>"
+        )

@@ -1,0 +1,69 @@
+"""gocp for asyncio: the same pools, errors, options and stats, awaited.
+
+``gocp.aio.new(address)`` makes a pool of socket members (``AioConn``, with
+awaitable ``sendall``/``recv``/``recv_into``); ``gocp.aio.pool(dial)`` a pool of
+any client ``dial()`` makes (hooks may be coroutine functions). ``await
+pool.get()``, ``pool.put(conn)`` (a plain method), ``async with
+pool.connection() as conn``, ``await pool.close()`` or ``async with pool``.
+Decisions (who gets which member, expiry, checks, backoff, stats) come from the
+same core as the threaded pools; waiting is futures, upkeep is a task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._address import AddressLike
+from ._aio_conn import AioConn
+from ._aio_connect import AioHookConnector, AioSocketConnector
+from ._aio_pool import AioLend, AioPool
+from ._make import Shell, build_new, build_pool
+
+__all__ = ["AioConn", "AioLend", "AioPool", "new", "pool"]
+
+T = TypeVar("T")
+
+_AIO = Shell(pool=AioPool, sockets=AioSocketConnector, hooks=AioHookConnector)
+
+
+def new(
+    address: AddressLike,
+    *,
+    size: int = 5,
+    logger: object = None,
+    check: Callable[[AioConn], object] | None = None,
+    **options: Any,
+) -> AioPool[AioConn]:
+    """Make an ``AioPool`` of ``size`` socket members connecting to ``address``.
+
+    As ``gocp.new`` (the same options and errors; ``check`` may be a
+    coroutine function). Never touches the network and needs no running
+    loop: the pool belongs to the loop of its first use. ``ssl=`` is not
+    available here yet.
+    """
+    made: AioPool[AioConn] = build_new(
+        address, size=size, logger=logger, check=check, options=options, shell=_AIO
+    )
+    return made
+
+
+def pool(
+    dial: Callable[[], Any],
+    *,
+    size: int = 5,
+    check: Callable[[Any], object] | None = None,
+    close: Callable[[Any], object] | None = None,
+    logger: object = None,
+    **options: Any,
+) -> AioPool[Any]:
+    """Make an ``AioPool`` of ``size`` clients, each made by ``dial()`` when first needed.
+
+    As ``gocp.pool``; ``dial``, ``check`` and ``close`` may be coroutine
+    functions (awaited) or plain ones. ``await pool.close()`` waits for close
+    hooks still running.
+    """
+    made: AioPool[Any] = build_pool(
+        dial, size=size, check=check, close=close, logger=logger, options=options, shell=_AIO
+    )
+    return made
