@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._aio_link import Link
 from ._config import check_timeout
+from ._errors import ConnectionBroken
 from ._member import SOCKET_TAKEN, TIMEOUT_CHANGED, SocketMember
 
 if TYPE_CHECKING:
@@ -39,14 +41,16 @@ class AioConn(SocketMember):
     __slots__ = ()
 
     _hub: AioHub
+    _io: Link | None
 
     @property
     def socket(self) -> Socket | None:
-        """The socket (non-blocking), or ``None`` before the first operation of a lend has
-        connected it (``await conn.connect()`` does). Do not close it or make it blocking;
-        taking it counts as using the member."""
+        """The connection's socket (for options; ``None`` before the first operation of a
+        lend has connected it: ``await conn.connect()`` does). Do not read, write or close
+        it; taking it counts as using the member."""
         self._dirty |= SOCKET_TAKEN
-        return self._io or self.conn
+        link = self._io or self.conn
+        return None if link is None else link.socket()
 
     def settimeout(self, timeout: float | None) -> None:
         """Bound each wait of this lend's I/O (seconds > 0, or ``None`` for no bound)."""
@@ -61,26 +65,19 @@ class AioConn(SocketMember):
             f"{self.state.value} {link}>"
         )
 
-    async def connect(self) -> Socket:
-        """Connect now if need be (as the first operation would) and return the socket."""
-        sock = self._io
-        if sock is None:
-            sock = await self._start()
-        return sock
+    async def connect(self) -> None:
+        """Connect now if need be (as the first operation would)."""
+        if self._io is None:
+            await self._start()
 
     async def sendall(self, data: ReadableBuffer) -> None:
         """Send all of ``data``; raises ``ConnectionBroken`` or ``DialError``."""
-        sock = self._io
-        if sock is None:
-            sock = await self._start()
+        link = self._io
+        if link is None:
+            link = await self._start()
         try:
-            try:
-                sent = sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent != len(data):  # type: ignore[arg-type]
-                with memoryview(data) as view:
-                    await self._wait(asyncio.get_running_loop().sock_sendall(sock, view[sent:]))
+            if link.write(data):  # the transport's buffer is full: wait for room
+                await link.drain(self._timeout)
         except OSError as exc:
             raise self._broke("sendall", exc)  # noqa: B904 (_broke sets the cause)
         except asyncio.CancelledError:
@@ -89,68 +86,57 @@ class AioConn(SocketMember):
 
     async def recv(self, bufsize: int) -> bytes:
         """Receive up to ``bufsize`` bytes; a peer that closed raises ``ConnectionBroken``."""
-        sock = self._io
-        if sock is None:
-            sock = await self._start()
-        try:
-            try:
-                data = sock.recv(bufsize)
-            except BlockingIOError:
-                data = await self._wait(asyncio.get_running_loop().sock_recv(sock, bufsize))
-        except OSError as exc:
-            raise self._broke("recv", exc)  # noqa: B904 (_broke sets the cause)
-        except asyncio.CancelledError:
-            self._cancelled("recv")
-            raise
-        if not data and bufsize:
-            raise self._broke("recv", None)
-        return data
+        link = self._io
+        if link is None:
+            link = await self._start()
+        if not link.buffer:
+            await self._arrival(link, "recv")
+        if link.buffer or not bufsize:
+            return link.take(bufsize)
+        raise self._ended(link, "recv")
 
     async def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0) -> int:
         """Receive into ``buffer``; a peer that closed raises ``ConnectionBroken``."""
-        sock = self._io
-        if sock is None:
-            sock = await self._start()
-        try:
-            try:
-                count = sock.recv_into(buffer, nbytes)
-            except BlockingIOError:
-                if nbytes:
-                    with memoryview(buffer) as whole:
-                        target: Any = whole[:nbytes]
-                        wait = asyncio.get_running_loop().sock_recv_into(sock, target)
-                        count = await self._wait(wait)
-                else:
-                    wait = asyncio.get_running_loop().sock_recv_into(sock, buffer)
-                    count = await self._wait(wait)
-        except OSError as exc:
-            raise self._broke("recv_into", exc)  # noqa: B904 (_broke sets the cause)
-        except asyncio.CancelledError:
-            self._cancelled("recv_into")
-            raise
-        if not count and (nbytes or memoryview(buffer).nbytes):
-            raise self._broke("recv_into", None)
-        return count
+        link = self._io
+        if link is None:
+            link = await self._start()
+        with memoryview(buffer) as view, view.cast("B") as target:
+            size = nbytes or target.nbytes
+            if not link.buffer and size:
+                await self._arrival(link, "recv_into")
+            if not link.buffer and size:
+                raise self._ended(link, "recv_into")
+            data = link.take(size)
+            target[: len(data)] = data
+            return len(data)
 
-    async def _wait(self, pending: Any) -> Any:
-        """Await an I/O operation within this lend's timeout (``TimeoutError``, errno None:
-        ``_broke`` makes it an ``IOTimeout``)."""
-        if self._timeout is None:
-            return await pending
-        async with asyncio.timeout(self._timeout):
-            return await pending
+    async def _arrival(self, link: Link, op: str) -> None:
+        """Wait for bytes (or the end), within this lend's timeout."""
+        try:
+            while not link.buffer and not link.ended:
+                await link.arrival(self._timeout)
+        except OSError as exc:  # the timeout (errno None: an IOTimeout)
+            raise self._broke(op, exc)  # noqa: B904 (_broke sets the cause)
+        except asyncio.CancelledError:
+            self._cancelled(op)
+            raise
+
+    def _ended(self, link: Link, op: str) -> ConnectionBroken:
+        """The connection ended under a read: the peer closed it (``None``), or an error."""
+        error = link.error
+        return self._broke(op, error if isinstance(error, OSError) else None)
 
     def _cancelled(self, op: str) -> None:
         """An operation was cancelled from outside: the stream is in an unknown state."""
         self._broke(op, ConnectionAbortedError(f"{op} cancelled"))
 
-    async def _start(self) -> Socket:
-        """This lend's first operation: probe an idle socket, dial if there is none."""
-        sock = self._probe()
-        if sock is None:
-            sock = await self._hub.dial(self)
-        self._io = sock
-        return sock
+    async def _start(self) -> Link:
+        """This lend's first operation: probe an idle connection, dial if there is none."""
+        link: Link | None = self._probe()
+        if link is None:
+            link = await self._hub.dial(self)
+        self._io = link
+        return link
 
     async def __aenter__(self) -> AioConn:
         return self

@@ -1,11 +1,9 @@
-"""The asyncio shell's connectors: sockets (an RFC 8305 connect on the event loop) and
-the user's hooks (coroutine functions, or plain ones).
+"""The asyncio shell's connectors: sockets (a ``Link`` on the loop's transport) and the
+user's hooks (coroutine functions, or plain ones).
 
-They are the threaded connectors (``gocp._sockets``, ``gocp._hooks``) with the I/O made
-awaitable: ``connect`` and ``check`` are coroutines; ``close`` of a hook may return an
-awaitable, which the pool awaits (``AioHub.close_conn``). Sockets stay non-blocking for
-the loop's ``sock_*`` calls; the stale probe, options, fork release and interrupt are
-the threaded connector's own.
+``connect`` and ``check`` are coroutines; ``close`` of a hook may return an awaitable,
+which the pool awaits (``AioHub.close_conn``). The hook connector is the threaded one
+with its calls awaited.
 """
 
 from __future__ import annotations
@@ -14,133 +12,148 @@ import asyncio
 import inspect
 import socket
 import time
-from collections import deque
 from typing import Any
 
-from ._address import Address
+from ._address import Address, format_address
+from ._aio_link import Link
 from ._config import Options
 from ._core import Slot
-from ._dial import all_failed, checked_infos, order_addresses, timed_out
 from ._hooks import HookConnector
-from ._sockets import SocketConnector, stale
 
-__all__ = ["AioHookConnector", "AioSocketConnector", "connect"]
+__all__ = ["AioHookConnector", "AioSocketConnector"]
+
+_ATTEMPT_DELAY = 0.25  # RFC 8305's "Connection Attempt Delay", as the threaded connect's
 
 AddrInfo = tuple[Any, ...]
 
 
-async def connect(
-    host: str, port: int, deadline: float, *, attempt_delay: float = 0.25
-) -> socket.socket:
-    """Connect to ``host:port`` by ``deadline`` (``time.monotonic``), as ``gocp._dial.connect``
-    does (RFC 8305: addresses interleaved by family, the next attempt started when one
-    fails or ``attempt_delay`` passes, the first to connect wins), on the running loop.
-    The name is resolved by the loop (its executor). Returns a connected non-blocking
-    socket; every other socket it made is closed, also when cancelled."""
-    loop = asyncio.get_running_loop()
-    started = time.monotonic()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    candidates: deque[AddrInfo] = deque(order_addresses(checked_infos(host, port, infos)))
-    if not candidates:
-        raise OSError(f"connect to {host}:{port}: resolve returned no address")
-    failures: list[tuple[AddrInfo, OSError]] = []
-    attempts: dict[asyncio.Task[socket.socket], AddrInfo] = {}  # in start order
-    winner: socket.socket | None = None
-
-    async def attempt(info: AddrInfo) -> socket.socket:
-        sock = socket.socket(info[0], socket.SOCK_STREAM, info[2])
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, info[4])
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    try:
-        while winner is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise timed_out(
-                    host,
-                    port,
-                    allowed=deadline - started,
-                    pending=list(attempts.values()),
-                    untried=candidates,
-                    failures=failures,
-                )
-            if candidates:
-                info = candidates.popleft()
-                attempts[loop.create_task(attempt(info))] = info
-            if not attempts:
-                raise all_failed(host, port, failures)
-            wait = min(left, attempt_delay) if candidates else left
-            done, _ = await asyncio.wait(
-                list(attempts), timeout=wait, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in [task for task in attempts if task in done]:  # in start order
-                info = attempts.pop(task)
-                error = task.exception()
-                if error is None:
-                    winner = task.result()
-                    break
-                if not isinstance(error, OSError):
-                    raise error
-                failures.append((info, error))
-        return winner
-    finally:
-        for task in attempts:  # still running, or done after the winner
-            task.cancel()
-            task.add_done_callback(_close_result)
+def _happy_eyeballs(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+    """RFC 8305 staggered attempts, where the loop offers them (uvloop does not: it tries
+    the addresses one after another)."""
+    kind = type(loop)
+    known = _STAGGERS.get(kind)
+    if known is None:
+        known = _STAGGERS[kind] = (
+            "happy_eyeballs_delay" in inspect.signature(loop.create_connection).parameters
+        )
+    return {"happy_eyeballs_delay": _ATTEMPT_DELAY} if known else {}  # a fresh dict
 
 
-def _close_result(task: asyncio.Task[socket.socket]) -> None:
-    """A losing attempt's socket, if it connected after all, is closed."""
-    if not task.cancelled() and task.exception() is None:
-        task.result().close()
+_STAGGERS: dict[type, bool] = {}
 
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-class AioSocketConnector(SocketConnector):
-    """``SocketConnector`` for the event loop: non-blocking sockets, an awaitable connect
-    (bounded by the dial's deadline) and check (the ``check`` hook may be a coroutine
-    function; without one a check is the stale probe)."""
+class AioSocketConnector:
+    """Makes, probes and closes the connections of one address for asyncio: each is a
+    ``Link`` on the loop's transport (``loop.create_connection``: RFC 8305 over the
+    resolved addresses, TLS with ``ssl``). ``TCP_NODELAY`` and keepalive as the
+    threaded connector sets them; ``io_timeout`` is the member's. A ``check`` hook may
+    be a coroutine function; without one a check is the stale probe."""
 
-    __slots__ = ()
+    __slots__ = (
+        "_hook",
+        "address",
+        "dial_timeout",
+        "io_timeout",
+        "keepalive",
+        "label",
+        "nodelay",
+        "probe_lease",
+        "server_hostname",
+        "tls",
+    )
+
+    #: After a fork the loop and its transports are the parent's: a lent member's link is
+    #: dropped (kept referenced, never touched).
+    release_lent = True
+    can_check = True
 
     def __init__(self, address: Address, options: Options, *, check: Any = None) -> None:
-        if options.ssl is not None:
-            raise TypeError("ssl: TLS is not available in gocp.aio yet (only in gocp.new)")
-        super().__init__(address, options, check=check)
+        self.address = address
+        self.label = format_address(address)
+        self.dial_timeout = options.dial_timeout
+        self.io_timeout = options.io_timeout
+        self.nodelay = options.nodelay
+        self.keepalive = options.keepalive
+        self.probe_lease = options.dial_timeout
+        self.tls = options.ssl
+        self.server_hostname = options.tls_hostname(address[0])
+        self._hook = check
 
-    async def connect(self, deadline: float | None) -> socket.socket:  # type: ignore[override]
+    async def connect(self, deadline: float | None) -> Link:
+        """A new connection (and its TLS handshake) within ``deadline`` (``time.monotonic``)."""
         assert deadline is not None
+        loop = asyncio.get_running_loop()
         host, port = self.address
-        sock = await connect(host, port, deadline)
+        options: dict[str, Any] = _happy_eyeballs(loop)
+        if self.tls is not None:
+            options.update(ssl=self.tls, server_hostname=self.server_hostname)
         try:
-            self.configure(sock)
+            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+                made = await loop.create_connection(Link, host, port, **options)
+                link: Link = made[1]
+        except TimeoutError:
+            raise TimeoutError(
+                f"connect to {self.label} timed out after {self.dial_timeout}s"
+            ) from None
+        try:
+            self.configure(link)
         except BaseException:
-            sock.close()
+            link.close()
             raise
-        return sock
+        return link
 
-    def configure(self, sock: socket.socket) -> None:
-        super().configure(sock)
-        sock.setblocking(False)  # the loop's sock_* calls need it; io_timeout is the pool's
+    def configure(self, link: Link) -> None:
+        """Apply the pool's socket options (``TCP_NODELAY``, keepalive)."""
+        sock = link.socket()
+        if sock is None:
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if self.nodelay else 0)
+        if self.keepalive is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            idle = int(self.keepalive)
+            values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": max(1, idle // 3), "TCP_KEEPCNT": 3}
+            for name, value in values.items():
+                if hasattr(socket, name):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
 
-    def settle(self, sock: socket.socket, timeout: float | None) -> None:
-        """Nothing to undo: the socket's own timeout stays 0 (non-blocking)."""
+    def restore(self, link: Link) -> None:
+        """Undo what a holder set through ``conn.socket``: the pool's options again."""
+        self.configure(link)
 
-    async def check(self, slot: Slot) -> bool:  # type: ignore[override]
+    def settle(self, link: Link, timeout: float | None) -> None:
+        """Nothing to undo: ``io_timeout`` is the member's, not the socket's."""
+
+    def stale(self, link: Link) -> bool:
+        return link.stale
+
+    async def check(self, slot: Slot) -> bool:
         if self._hook is None:
-            return not stale(slot.conn)
+            return not slot.conn.stale
         try:
             return await _maybe_await(self._hook(slot)) is not False
         finally:
             slot._end_io()  # type: ignore[attr-defined]  # next I/O re-probes
+
+    def close(self, link: Link) -> None:
+        link.close()
+
+    def release(self, link: Link) -> bool:
+        """After a fork: keep the parent's link referenced, never touch it."""
+        return True
+
+    def interrupt(self, link: Link) -> None:
+        """Break the connection now (an ``abort``, a close under a check): a read or write
+        waiting on it wakes and fails."""
+        link.close()
+
+    def forget(self, slot: Slot) -> None:
+        slot._end_io()  # type: ignore[attr-defined]
 
 
 class AioHookConnector(HookConnector):

@@ -53,6 +53,7 @@ class PersistentConn(SocketMember):
     __slots__ = ()
 
     _hub: Hub
+    _io: Socket | None
 
     # -- what the caller sees -------------------------------------------------
 
@@ -170,7 +171,7 @@ class PersistentConn(SocketMember):
 
     def _start(self) -> Socket:
         """This lend's first operation: probe an idle socket, dial if there is none."""
-        sock = self._probe()
+        sock: Socket | None = self._probe()
         if sock is None:
             sock = self._hub.dial(self)
             if self._dirty & TIMEOUT_CHANGED:

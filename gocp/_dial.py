@@ -33,14 +33,7 @@ deadline: every wait for the peer is bounded by it, and the socket is closed on 
 
 from __future__ import annotations
 
-__all__ = [
-    "all_failed",
-    "checked_infos",
-    "connect",
-    "handshake",
-    "order_addresses",
-    "timed_out",
-]
+__all__ = ["connect", "handshake", "order_addresses"]
 
 import errno
 import math
@@ -345,9 +338,3 @@ def handshake(
     except BaseException:
         tls.close()
         raise
-
-
-# The pieces the asyncio connect (gocp._aio_connect) shares with ``connect``.
-checked_infos = _checked
-all_failed = _all_failed
-timed_out = _timed_out

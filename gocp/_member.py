@@ -40,7 +40,9 @@ class SocketMember(Slot):
         super().__init__(index, overflow=overflow)
         self._hub = hub
         self._connector = hub.connector
-        self._io: Socket | None = None  # the socket, once this lend's first I/O checked it
+        self._io: Any = (
+            None  # the socket (asyncio: its link), once this lend's first I/O checked it
+        )
         self._timeout: float | None = self._connector.io_timeout
         self._dirty = 0  # what this lend changed that put must undo (TIMEOUT_CHANGED...)
         self._aborted = False  # abort() shut the current socket down
@@ -85,12 +87,12 @@ class SocketMember(Slot):
             self._aborted = True
             self._connector.interrupt(sock)  # a raw shutdown, never waits (TLS: keeps the session)
 
-    def _probe(self) -> Socket | None:
+    def _probe(self) -> Any:
         """This lend's first operation: its socket if the peer has not closed it (else
         it is replaced: nothing of this lend was sent, so that is safe); None: dial one."""
         if self.state is not LENT and self.state is not BUSY:
             raise ValueError(f"{self!r} is not lent: get it from the pool before using it")
-        sock: Socket | None = self.conn
+        sock: Any = self.conn
         if self.state is BUSY and (sock is None or self._connector.stale(sock)):
             # A background check: a dead connection fails it; redialling is not its job.
             raise ConnectionBroken(

@@ -61,6 +61,8 @@ Scenarios (issue 4; the targets of issues 2 and 4, and of the restructure's issu
   caller (the floor) against gocp with ``ssl=`` (a pool of 1, and a pool of 8 lent in
   turn, beside 8 raw TLS sockets used in turn). The server is the echo subprocess in
   ``threads`` mode wrapping each connection in TLS, with a certificate ``trustme`` makes.
+- ``aio``: gocp.aio against asyncio floors and psycopg_pool's
+  ``AsyncConnectionPool``, on asyncio's loop and uvloop (``scripts/bench_aio.py``).
 - ``kinds``: keyed pools and clusters over a single pool of the same kind:
   get+put with socket members and with clients, and the echo round trip (1
   and 8 threads; three echo server processes; issue 10's target: keyed and
@@ -108,6 +110,7 @@ from itertools import cycle, islice, repeat
 from pathlib import Path
 from typing import Any
 
+import bench_aio
 from bench_peers import PEERS, Peer, Subject
 
 import gocp
@@ -126,6 +129,7 @@ SCENARIOS = (
     "import",
     "kinds",
     "tls",
+    "aio",
 )
 
 
@@ -1879,6 +1883,7 @@ RUNNERS: dict[str, Callable[[Settings], list[Table]]] = {
     "import": scenario_import,
     "kinds": scenario_kinds,
     "tls": scenario_tls,
+    "aio": lambda cfg: bench_aio.scenario_aio(cfg, sys.modules[__name__]),
 }
 
 
