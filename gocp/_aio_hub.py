@@ -18,7 +18,7 @@ from ._errors import DialError, PoolClosed
 from ._log import EventLog
 from ._steps import Attempt, HubBase
 
-__all__ = ["AioHub", "AioWaiter"]
+__all__ = ["NO_LOCK", "AioHub", "AioWaiter"]
 
 
 class _NoLock:
@@ -33,7 +33,7 @@ class _NoLock:
         return None
 
 
-_NO_LOCK = _NoLock()
+NO_LOCK = _NoLock()
 
 
 class AioWaiter:
@@ -57,7 +57,7 @@ class AioHub(HubBase):
 
     def __init__(self, connector: Any, *, clock: Callable[[], float], log: EventLog | None) -> None:
         super().__init__(connector, clock=clock, log=log)
-        self.lock = _NO_LOCK
+        self.lock = NO_LOCK
         self.closing = False
         self.upkeep: asyncio.Task[None] | None = None  # the background task, once started
         self._upkeep_due: asyncio.Event | None = None  # wakes the upkeep task

@@ -19,7 +19,7 @@ from typing import Any, Generic, Self, TypeVar
 
 from ._aio_conn import AioConn
 from ._aio_hub import AioHub, AioWaiter
-from ._build import broken_by, build_core, snapshot, upkeep_cap
+from ._build import broken_by, build_core, has_lent, snapshot, upkeep_cap
 from ._config import Options, check_bool, check_timeout
 from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
 from ._errors import DialError, PoolClosed
@@ -35,15 +35,23 @@ _monotonic = time.monotonic
 
 
 class AioLend(Generic[T]):
-    """What ``AioPool.connection`` returns: ``async with`` gets a member and puts it back."""
+    """What ``connection()`` returns in ``gocp.aio``: ``async with`` gets a member and puts
+    it back (of an ``AioPool`` or an asyncio keyed pool or cluster)."""
 
     __module__ = "gocp.aio"
-    __slots__ = ("_conn", "_connect", "_fresh", "_owner", "_timeout")
+    __slots__ = ("_conn", "_connect", "_fresh", "_key", "_owner", "_timeout")
 
     def __init__(
-        self, owner: AioPool[T], timeout: float | None, *, fresh: bool, connect: bool
+        self,
+        owner: Any,
+        key: Any,
+        timeout: float | None,
+        *,
+        fresh: bool = False,
+        connect: bool = False,
     ) -> None:
         self._owner = owner
+        self._key = key
         self._timeout = timeout
         self._fresh = fresh
         self._connect = connect
@@ -52,9 +60,8 @@ class AioLend(Generic[T]):
     async def __aenter__(self) -> T:
         if self._conn is not None:
             raise RuntimeError("a connection() context can be entered once")
-        conn = self._conn = await self._owner.get(
-            self._timeout, fresh=self._fresh, connect=self._connect
-        )
+        conn: T = await self._owner._lend(self._key, self._timeout, self._fresh, self._connect)
+        self._conn = conn
         return conn
 
     async def __aexit__(
@@ -283,14 +290,25 @@ class AioPool(Generic[T]):
 
     def _return(self, conn: Any, exc: BaseException | None) -> None:
         """Put back at the end of an ``async with`` block, by ``Pool.connection``'s rule."""
-        self.put(conn, broken_by(self.options, conn, exc, sockets=self._sockets, hub=self._hub))
+        self.put(conn, self._broken_by(conn, exc))
+
+    def _broken_by(self, conn: Any, exc: BaseException | None) -> bool:
+        """Whether an ``async with`` block that raised ``exc`` leaves ``conn`` broken."""
+        return broken_by(self.options, conn, exc, sockets=self._sockets, hub=self._hub)
 
     def connection(
         self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
     ) -> AioLend[T]:
         """``async with pool.connection() as conn:``: get, and put back after (broken if
         the block raised what ``broken_on`` accepts, after I/O for sockets)."""
-        return AioLend(self, timeout, fresh=fresh, connect=connect)
+        return AioLend(self, None, timeout, fresh=fresh, connect=connect)
+
+    async def _lend(self, key: Any, timeout: float | None, fresh: bool, connect: bool) -> T:
+        return await self.get(timeout, fresh=fresh, connect=connect)
+
+    def _has_lent(self) -> bool:
+        """Whether a member is lent or a task waits."""
+        return has_lent(self._core)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until ``min_idle`` members are connected; ``PoolTimeout``, ``PoolClosed``."""

@@ -12,7 +12,7 @@ from ._config import Options, check_size
 from ._core import LENT, PoolCore, Slot
 from ._stats import MemberStats, PoolStats
 
-__all__ = ["broken_by", "build_core", "snapshot", "upkeep_cap"]
+__all__ = ["broken_by", "build_core", "has_lent", "snapshot", "upkeep_cap"]
 
 
 def build_core(
@@ -58,6 +58,13 @@ def broken_by(
     except Exception as error:  # noqa: BLE001 - a failing predicate
         hub.report("warning", "broken_on_failed", error=repr(error))
         return True
+
+
+def has_lent(core: PoolCore[Any, Any]) -> bool:
+    """Whether a member of the pool is lent or a caller waits (read without a lock)."""
+    if core.waiters:
+        return True
+    return any(slot.state is LENT for slot in (*core.members, *core.extra))
 
 
 def upkeep_cap(options: Options, *, can_check: bool) -> float | None:

@@ -22,7 +22,7 @@ from ._balance import BUSY, DIALLING, DOWN, MAX_WEIGHT, RATE, REMOVED, Balancer,
 from ._compose import Factory, Members, factory
 from ._config import check_bool, check_timeout
 from ._errors import ClusterUnavailable, DialError, PoolClosed, PoolTimeout, describe
-from ._pool import Closing, Lend, Pool
+from ._pool import THREADS, Closing, Lend, Pool
 from ._stats import ClusterStats, ServerStats, retire, total
 from ._worker import Worker
 
@@ -471,6 +471,7 @@ def cluster(
         close=close,
         options=options,
         default_name="cluster",
+        shell=THREADS,
     )
     built: Cluster[Any] = Cluster(made, max_rps=rate, burst=depth)
     seen: set[Hashable] = set()

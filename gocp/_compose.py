@@ -17,10 +17,8 @@ import attrs
 
 from ._address import format_address, parse_address
 from ._config import Options, check_size
-from ._conn import PersistentConn
-from ._make import check_hook, client_options, client_pool, socket_pool
-from ._pool import THREADS, Pool
-from ._worker import Worker
+from ._make import Shell, check_hook, client_options, client_pool, socket_pool
+from ._member import SocketMember
 
 __all__ = ["Factory", "Members", "Part", "factory"]
 
@@ -33,7 +31,7 @@ class Part(Protocol):
     """A key's entry or a cluster's server: something that holds one pool."""
 
     @property
-    def pool(self) -> Pool[Any]: ...
+    def pool(self) -> Any: ...
 
 
 E = TypeVar("E", bound=Part)
@@ -50,7 +48,7 @@ class Factory:
     ``dial_timeout`` (sockets; ``None`` for hooks).
     """
 
-    make: Callable[[Hashable, Worker], Pool[Any]]
+    make: Callable[[Hashable, Any], Any]  # (key, the shared worker or None) -> a pool
     sockets: bool
     name: str
     key_of: Callable[[object], Hashable]
@@ -69,6 +67,7 @@ def factory(
     close: Callable[[Any], object] | None,
     options: dict[str, Any],
     default_name: str,
+    shell: Shell,
 ) -> Factory:
     """Check the arguments of ``gocp.keyed``/``gocp.cluster`` once (errors name the
     argument; ``noun`` names what a key is: ``"key"``, ``"address"``) and return how
@@ -88,17 +87,16 @@ def factory(
     clock = opts.clock or time.monotonic
     if dial is None:
 
-        def make_sockets(key: Hashable, worker: Worker) -> Pool[Any]:
-            made: Pool[Any] = socket_pool(
+        def make_sockets(key: Hashable, worker: Any) -> Any:
+            return socket_pool(
                 key,  # type: ignore[arg-type]
                 size=size,
                 options=opts,
                 logger=logger,
                 check=check,
                 worker=worker,
-                shell=THREADS,
+                shell=shell,
             )
-            return made
 
         parsed: dict[object, Hashable] = {}  # what callers pass -> the key (parsing is slow)
 
@@ -127,9 +125,9 @@ def factory(
         )
     dial_hook = dial
 
-    def make_clients(key: Hashable, worker: Worker) -> Pool[Any]:
+    def make_clients(key: Hashable, worker: Any) -> Any:
         label = show_key(key)
-        made: Pool[Any] = client_pool(
+        return client_pool(
             lambda: dial_hook(key),
             size=size,
             options=opts,
@@ -139,9 +137,8 @@ def factory(
             label=label,
             address=label,
             worker=worker,
-            shell=THREADS,
+            shell=shell,
         )
-        return made
 
     def hashable_key(value: object) -> Hashable:
         try:
@@ -207,8 +204,11 @@ class Members(Generic[E]):
         if broken is not False and broken is not True:
             raise TypeError(f"broken: expected True or False, got {broken!r}")
         if self.sockets:
-            if conn.__class__ is not PersistentConn:
-                raise TypeError(f"conn: expected a gocp.PersistentConn, got {type(conn).__name__}")
+            if not isinstance(conn, SocketMember):
+                raise TypeError(
+                    f"conn: expected a socket member (gocp.PersistentConn, gocp.aio.AioConn), "
+                    f"got {type(conn).__name__}"
+                )
             part = self._by_hub.get(conn._hub)
             if part is None:
                 raise ValueError(f"conn: {conn!r} belongs to another pool, not {owner!r}")

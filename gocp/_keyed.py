@@ -2,10 +2,11 @@
 
 ``KeyedPool`` composes ``Pool`` objects, one per key, made on first use with
 the shared settings; the decisions about keys (make, evict, forget) come from
-``gocp._keys.KeyTable``. A ``get`` for a known key takes no lock of the keyed
-pool's own: it finds the key's pool and calls its ``get``, so keys never wait
-for each other (a slow dial to one key delays nobody else). One background
-thread serves every key's pool and the sweep of idle keys.
+``gocp._keys.KeyTable`` through ``gocp._keyedbase.KeyedBase``. A ``get`` for a
+known key takes no lock of the keyed pool's own: it finds the key's pool and
+calls its ``get``, so keys never wait for each other (a slow dial to one key
+delays nobody else). One background thread serves every key's pool and the
+sweep of idle keys.
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from ._compose import Factory, Members, factory
-from ._config import check_bool, check_size, check_timeout
-from ._errors import PoolClosed, PoolTimeout
+from ._config import check_bool, check_timeout
+from ._keyedbase import KeyedBase, keyed_factory
 from ._keys import KeyEntry, KeyTable
-from ._log import make_log
-from ._pool import Closing, Lend, Pool
-from ._stats import KeyedStats, retire, total
+from ._pool import THREADS, Closing, Lend
 from ._worker import Worker
 
 __all__ = ["KeyedPool", "keyed"]
@@ -51,7 +49,7 @@ class _Sweep:
             owner._report(level, event, **fields)
 
 
-class KeyedPool(Closing, Generic[T]):
+class KeyedPool(Closing, KeyedBase[T]):
     """A pool per key, each of ``size`` members, made on first use (see ``gocp.keyed``).
 
     Thread-safe. ``get(key)`` lends a member of that key's pool, ``put``
@@ -64,28 +62,13 @@ class KeyedPool(Closing, Generic[T]):
     __module__ = "gocp"
 
     def __init__(
-        self,
-        made: Factory,
-        *,
-        max_keys: int | None,
-        key_idle_timeout: float | None,
-        logger: object,
+        self, made: Any, *, max_keys: int | None, key_idle_timeout: float | None, logger: object
     ) -> None:
-        self.name = made.name
-        self._factory = made
-        self._key_of = made.key_of
-        self._show = made.show
-        self._clock = made.clock
-        self._log = make_log(logger)
-        self._lock = threading.Lock()
-        self._freed = threading.Condition(self._lock)  # a key may have become evictable
-        self._waiting = 0  # gets waiting in _admit for a key to become evictable
-        self._closed = False
-        self._retired: dict[str, float] = {}  # counters of forgotten keys
-        self._table: KeyTable[Pool[T]] = KeyTable(
-            lent=_has_lent, max_keys=max_keys, idle_timeout=key_idle_timeout
+        lock = threading.Lock()
+        super().__init__(
+            made, max_keys=max_keys, key_idle_timeout=key_idle_timeout, logger=logger, lock=lock
         )
-        self._members: Members[KeyEntry[Pool[T]]] = Members(sockets=made.sockets)
+        self._freed = threading.Condition(lock)  # a key may have become evictable
         cap = 1.0 if key_idle_timeout is None else max(0.001, key_idle_timeout / 4)
         self._worker = Worker(cap=cap, name=self.name, shared=True)
         subscribe = getattr(made.clock, "subscribe", None)
@@ -95,6 +78,13 @@ class KeyedPool(Closing, Generic[T]):
         if key_idle_timeout is not None:
             self._worker.add(self._sweeper)
         self._finalizer = weakref.finalize(self, _close_all, self._table, self._worker)
+
+    def _shared_worker(self) -> Worker:
+        return self._worker
+
+    def _wake_waiters(self) -> None:
+        with self._lock:
+            self._freed.notify_all()
 
     # -- lending ---------------------------------------------------------------
 
@@ -117,27 +107,21 @@ class KeyedPool(Closing, Generic[T]):
         key = self._key_of(key)
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
-        table = self._table
-        entry = table.find(key)
+        entry = self._known(key)
         if entry is None:
-            if self._closed:
-                raise PoolClosed(f"keyed pool {self.name} is closed")
             started = _monotonic()
             entry = self._admit(key, timeout)
             if timeout is not None:
                 timeout = max(0.0, timeout - (_monotonic() - started))
         try:
-            conn = entry.pool.get(timeout, fresh=fresh, connect=connect)
-            self._members.lent(conn, entry)
+            conn: T = entry.pool.get(timeout, fresh=fresh, connect=connect)
         except BaseException:
-            table.leave(entry, self._clock())
-            if self._waiting:  # the key may be evictable now: a get waiting for room looks
-                self._wake_waiters()
+            self._failed(entry)
             raise
-        table.leave(entry, self._clock())
+        self._lent(entry, conn)
         return conn
 
-    def _admit(self, key: Hashable, timeout: float | None) -> KeyEntry[Pool[T]]:
+    def _admit(self, key: Hashable, timeout: float | None) -> KeyEntry[Any]:
         """The locked path of ``get``: make the key, evicting to make room, or wait for a
         key to become evictable."""
         deadline = None if timeout is None else _monotonic() + timeout
@@ -148,53 +132,21 @@ class KeyedPool(Closing, Generic[T]):
             self._waiting += 1
             try:
                 while True:
-                    if self._closed:
-                        raise PoolClosed(f"keyed pool {self.name} is closed")
-                    entry, evicted = self._table.admit(key, self._clock(), self._new_pool)
+                    entry, evicted = self._try_admit(key)
                     if entry is not None:
                         break
                     left = None if deadline is None else deadline - _monotonic()
                     if left is not None and left <= 0:
-                        raise PoolTimeout(
-                            f"keyed pool {self.name}: no room for key {self._show(key)!r} "
-                            f"within {timeout}s: max_keys={self._table.max_keys} keys, each "
-                            "with a member lent",
-                            timeout=timeout or 0.0,
-                        )
+                        raise self._no_room(key, timeout)
                     self._freed.wait(left)
             finally:
                 self._waiting -= 1
-            self._members.register(entry)
         for gone in evicted:
-            self._forget(gone, "evicted")
+            gone.pool.close()
+            self._retire(gone, "evicted")
         if self._table.made != made:
             self._worker.wake(self._sweeper)  # a new key: its expiry may come first
         return entry
-
-    def _new_pool(self, key: Hashable) -> Pool[T]:
-        pool: Pool[T] = self._factory.make(key, self._worker)
-        pool._hub.pool_ref = weakref.ref(self)  # members' `with`
-        return pool
-
-    def put(self, conn: T, broken: bool = False) -> None:
-        """Give back a member lent by ``get``; ``broken=True`` closes its connection.
-
-        Raises ``TypeError`` or ``ValueError`` (not a member of this keyed
-        pool, or not lent: put twice), leaving everything as it was.
-        """
-        entry = self._members.put(conn, broken, self)
-        entry.used_at = self._clock()
-        if self._waiting:
-            self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        """A key may have become evictable: gets waiting for room look again."""
-        with self._lock:
-            self._freed.notify_all()
-
-    def _return(self, conn: Any, exc: BaseException | None) -> None:
-        """Put back at the end of a ``with`` block, by ``Pool.connection``'s rule."""
-        self.put(conn, self._members.broken_by(conn, exc))
 
     def connection(
         self,
@@ -213,91 +165,28 @@ class KeyedPool(Closing, Generic[T]):
     def _lend(self, key: Any, timeout: float | None, fresh: bool, connect: bool) -> T:
         return self.get(key, timeout, fresh=fresh, connect=connect)
 
-    # -- keys ----------------------------------------------------------------------
-
-    @property
-    def keys(self) -> list[Any]:
-        """The keys open now (socket keys as ``"host:port"``)."""
-        return [self._show(key) for key in list(self._table.entries)]
+    # -- keys and closing -----------------------------------------------------------
 
     def _sweep(self) -> float:
         """The background pass: forget keys idle for ``key_idle_timeout``."""
-        with self._lock:
-            now = self._clock()
-            gone, due = self._table.sweep(now)
+        gone, due = self._expired()
         for entry in gone:
-            self._forget(entry, "idle")
-        return due - now
-
-    def _forget(self, entry: KeyEntry[Pool[T]], why: str) -> None:
-        """Close a key's pool (nothing of it is lent) and keep its counters for totals."""
-        pool = entry.pool
-        pool.close()
-        final = pool.stats()
-        with self._lock:
-            retire(self._retired, final)
-            self._members.unregister(entry)
-        self._report("info", "key_closed", key=self._show(entry.key), reason=why)
-
-    # -- closing and observing ---------------------------------------------------
+            entry.pool.close()
+            self._retire(entry, "idle")
+        return due
 
     def close(self) -> None:
         """Close every key's pool (idle members now, lent ones when put back) and wake
         every waiter; idempotent; never waits on the network."""
-        with self._lock:
-            self._closed = True
-            gone = self._table.clear()
-            self._freed.notify_all()
+        gone = self._clear()
+        self._wake_waiters()
         self._worker.stop()
         for entry in gone:
             entry.pool.close()
-            final = entry.pool.stats()
-            with self._lock:
-                retire(self._retired, final)  # totals keep what closed keys counted
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``close`` was called."""
-        return self._closed
-
-    def stats(self) -> KeyedStats:
-        """A snapshot: each open key's ``PoolStats`` and their total (see ``KeyedStats``).
-
-        Each key's snapshot is consistent on its own (taken under its lock);
-        the total adds them up."""
-        entries = list(self._table.entries.values())
-        keys = {self._show(entry.key): entry.pool.stats() for entry in entries}
-        with self._lock:
-            retired = dict(self._retired)
-            table = self._table
-            made, evicted, expired = table.made, table.evictions, table.expired
-            waiting = self._waiting
-        return KeyedStats(
-            name=self.name,
-            keys=keys,
-            total=total(self.name, keys.values(), retired=retired, closed=self._closed),
-            keys_made=made,
-            keys_evicted=evicted,
-            keys_expired=expired,
-            waiting_for_room=waiting,
-            closed=self._closed,
-        )
-
-    def _report(self, level: str, event: str, **fields: object) -> None:
-        if self._log is not None:
-            self._log(level, event, self._clock(), pool=self.name, **fields)
-
-    def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
-        return f"<gocp.KeyedPool {self.name} keys={len(self._table.entries)}{state}>"
+            self._retire(entry, None)
 
 
-def _has_lent(pool: Pool[Any]) -> bool:
-    """Whether a member of ``pool`` is lent (or a caller waits in its ``get``)."""
-    return pool._has_lent()
-
-
-def _close_all(table: KeyTable[Pool[Any]], worker: Worker) -> None:
+def _close_all(table: KeyTable[Any], worker: Worker) -> None:
     """A keyed pool dropped without ``close()``: close its pools and its thread."""
     worker.stop()
     for entry in table.clear():
@@ -325,19 +214,16 @@ def keyed(
     ``key_idle_timeout`` (300 s; ``None``: never) forgets a key with nothing
     lent and no use for that long. Never touches the network here.
     """
-    if max_keys is not None:
-        max_keys = check_size(max_keys, "max_keys")
-    idle = check_timeout("key_idle_timeout", key_idle_timeout, zero=False)
-    default = "keyed" if dial is None else getattr(dial, "__qualname__", "keyed")
-    made = factory(
-        "key",
+    made, max_keys, idle = keyed_factory(
         size=size,
         dial=dial,
+        max_keys=max_keys,
+        key_idle_timeout=key_idle_timeout,
         logger=logger,
         check=check,
         close=close,
         options=options,
-        default_name=default,
+        shell=THREADS,
     )
     return KeyedPool(made, max_keys=max_keys, key_idle_timeout=idle, logger=logger)
 

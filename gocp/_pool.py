@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from ._address import AddressLike
-from ._build import broken_by, build_core, snapshot, upkeep_cap
+from ._build import broken_by, build_core, has_lent, snapshot, upkeep_cap
 from ._config import Options, check_bool, check_timeout
 from ._conn import PersistentConn
 from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
@@ -516,10 +516,7 @@ class Pool(Closing, Generic[T]):
 
     def _has_lent(self) -> bool:
         """Whether a member is lent or a caller waits (read without the lock)."""
-        core = self._core
-        if core.waiters:
-            return True
-        return any(slot.state is LENT for slot in (*core.members, *core.extra))
+        return has_lent(self._core)
 
     def connection(
         self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from ._address import AddressLike
 from ._aio_conn import AioConn
 from ._aio_connect import AioHookConnector, AioSocketConnector
+from ._aio_keyed import AioKeyedPool, build_keyed
 from ._aio_pool import AioLend, AioPool
 from ._make import Shell, build_new, build_pool
 
-__all__ = ["AioConn", "AioLend", "AioPool", "new", "pool"]
+__all__ = ["AioConn", "AioKeyedPool", "AioLend", "AioPool", "keyed", "new", "pool"]
 
 T = TypeVar("T")
 
@@ -67,3 +68,34 @@ def pool(
         dial, size=size, check=check, close=close, logger=logger, options=options, shell=_AIO
     )
     return made
+
+
+def keyed(
+    *,
+    size: int = 4,
+    dial: Callable[[Any], Any] | None = None,
+    max_keys: int | None = None,
+    key_idle_timeout: float | None = 300.0,
+    logger: object = None,
+    check: Callable[[Any], object] | None = None,
+    close: Callable[[Any], object] | None = None,
+    **options: Any,
+) -> AioKeyedPool[Any]:
+    """Make an ``AioKeyedPool``: a pool of ``size`` members per key, made on first use.
+
+    As ``gocp.keyed`` (the same arguments, options and errors); ``dial(key)``
+    and the hooks may be coroutine functions. ``await keyed.get(key)``,
+    ``keyed.put(conn)``, ``async with keyed.connection(key)``, ``await
+    keyed.close()``; idle keys are swept by one task that stops on close.
+    """
+    return build_keyed(
+        size=size,
+        dial=dial,
+        max_keys=max_keys,
+        key_idle_timeout=key_idle_timeout,
+        logger=logger,
+        check=check,
+        close=close,
+        options=options,
+        shell=_AIO,
+    )

@@ -423,7 +423,7 @@ def test_a_put_between_the_look_and_the_wait_is_not_lost(
     """A get for a new key sees every key busy, and before it sleeps the holder puts its
     member back (the interleaving forced here through the table's ``lent`` look). The
     put must wake it: else it sleeps to its timeout (with ``timeout=None``: forever)."""
-    real = gocp._keyed._has_lent
+    real = gocp._keyedbase._pool_has_lent
     holder: dict[str, Any] = {}
     fired = threading.Event()
 
@@ -436,7 +436,7 @@ def test_a_put_between_the_look_and_the_wait_is_not_lost(
             putter.join(1.0)  # the put is done (or waits for this get to sleep)
         return busy
 
-    monkeypatch.setattr(gocp._keyed, "_has_lent", lent)
+    monkeypatch.setattr(gocp._keyedbase, "_pool_has_lent", lent)
     with gocp.keyed(size=1, max_keys=1) as keyed:
         holder["keyed"] = keyed
         holder["conn"] = keyed.get(echo_server.address_text)
