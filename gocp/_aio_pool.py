@@ -147,11 +147,17 @@ class AioPool(Generic[T]):
     # -- lending ---------------------------------------------------------------
 
     async def get(
-        self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
+        self,
+        timeout: float | None = None,
+        *,
+        fresh: bool = False,
+        connect: bool = False,
+        _or_none: bool = False,
     ) -> T:
         """Lend a member, waiting up to ``timeout`` seconds (``None``: no bound); as
         ``gocp.Pool.get`` (the same errors), awaited. ``asyncio.timeout()`` around it
-        leaves the pool as this call's own timeout would."""
+        leaves the pool as this call's own timeout would. (``_or_none`` is internal: a
+        cluster's get, which never waits, returns ``None``.)"""
         if timeout is not None:
             timeout = check_timeout("timeout", timeout)
         core = self._core
@@ -162,6 +168,8 @@ class AioPool(Generic[T]):
             now = self._clock()
             slot = core.lend_slow(now)
             if slot is None:
+                if _or_none:
+                    return None  # type: ignore[return-value]
                 if timeout == 0:
                     raise core.exhausted(0.0, now, format_stack, count=True)
                 started = _monotonic()
@@ -241,6 +249,22 @@ class AioPool(Generic[T]):
             await hub.changed(wait)  # the backoff's end, or a probe's outcome, or the close
             if core.closed:
                 raise PoolClosed(f"pool {self.name} was closed while dialling")
+
+    async def _connect(self, conn: Any, by: float | None) -> None:
+        """As ``Pool._connect``: a socket member just lent holds a live connection when
+        this returns; on failure (``DialError``, or a cancel) it is given back."""
+        seq = conn.seq
+        hub = self._hub
+        try:
+            link = conn.conn
+            if link is not None:
+                if not hub.connector.stale(link):
+                    return
+                hub.stale(conn)
+            await hub.dial(conn, by)
+        except BaseException:
+            self._give_back(conn, seq)
+            raise
 
     def _give_back(self, slot: Any, seq: int, *, broken: bool = False) -> None:
         """Give back the lend ``seq`` of ``slot`` if it is still lent (idempotent)."""

@@ -15,13 +15,24 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._address import AddressLike
+from ._aio_cluster import AioCluster, build_cluster
 from ._aio_conn import AioConn
 from ._aio_connect import AioHookConnector, AioSocketConnector
 from ._aio_keyed import AioKeyedPool, build_keyed
 from ._aio_pool import AioLend, AioPool
 from ._make import Shell, build_new, build_pool
 
-__all__ = ["AioConn", "AioKeyedPool", "AioLend", "AioPool", "keyed", "new", "pool"]
+__all__ = [
+    "AioCluster",
+    "AioConn",
+    "AioKeyedPool",
+    "AioLend",
+    "AioPool",
+    "cluster",
+    "keyed",
+    "new",
+    "pool",
+]
 
 T = TypeVar("T")
 
@@ -93,6 +104,40 @@ def keyed(
         dial=dial,
         max_keys=max_keys,
         key_idle_timeout=key_idle_timeout,
+        logger=logger,
+        check=check,
+        close=close,
+        options=options,
+        shell=_AIO,
+    )
+
+
+def cluster(
+    servers: Any,
+    *,
+    size: int = 4,
+    max_rps: float | None = None,
+    burst: float | None = None,
+    dial: Callable[[Any], Any] | None = None,
+    logger: object = None,
+    check: Callable[[Any], object] | None = None,
+    close: Callable[[Any], object] | None = None,
+    **options: Any,
+) -> AioCluster[Any]:
+    """Make an ``AioCluster`` of ``size`` members per server, lent in weighted round robin.
+
+    As ``gocp.cluster`` (the same arguments, options, errors and decisions);
+    ``dial(address)`` and the hooks may be coroutine functions. ``await
+    cluster.get()``, ``cluster.put(conn)``, ``async with
+    cluster.connection()``, ``cluster.add(address)``, ``await
+    cluster.remove(address)``, ``await cluster.close()``.
+    """
+    return build_cluster(
+        servers,
+        size=size,
+        max_rps=max_rps,
+        burst=burst,
+        dial=dial,
         logger=logger,
         check=check,
         close=close,
