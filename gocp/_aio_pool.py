@@ -12,19 +12,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import weakref
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from ._aio_conn import AioConn
 from ._aio_hub import AioHub, AioWaiter
-from ._build import broken_by, build_core, has_lent, snapshot, upkeep_cap
 from ._config import Options, check_bool, check_timeout
-from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
+from ._core import CHECK, DIAL, LENT, SLOW, Slot
 from ._errors import DialError, PoolClosed
-from ._log import make_log
-from ._stats import PoolStats
+from ._poolbase import PoolBase
 from ._steps import format_stack
 
 __all__ = ["AioLend", "AioPool"]
@@ -75,7 +71,7 @@ class AioLend(Generic[T]):
         self._owner._return(conn, exc)
 
 
-class AioPool(Generic[T]):
+class AioPool(PoolBase[T]):
     """``gocp.Pool`` for asyncio: ``size`` self-redialling connections (or clients).
 
     Make one with ``gocp.aio.new(address)`` (members are ``gocp.aio.AioConn``)
@@ -97,52 +93,20 @@ class AioPool(Generic[T]):
         address: str | None,
         worker: object = None,
     ) -> None:
-        log = make_log(logger)
-        self.options = options
-        self.name = options.name or connector.label
-        self.address_text = address
-        clock = options.clock or _monotonic
-        self._clock = clock
-        self._epoch = time.time() - clock()
-        self._sockets = sockets
-        hub = AioHub(connector, clock=clock, log=log)
-        make: Callable[..., Slot] = (
-            (lambda index, overflow=False: AioConn(hub, index, overflow=overflow))
-            if sockets
-            else (lambda index, overflow=False: Slot(index, overflow=overflow))
-        )
-        core: PoolCore[Any, AioWaiter] = build_core(
-            make,
+        super().__init__(
+            connector,
             size=size,
             options=options,
-            label=self.name,
+            logger=logger,
             sockets=sockets,
-            can_check=connector.can_check,
-            probe_lease=connector.probe_lease,
+            address=address,
+            hub_type=AioHub,
+            member_type=AioConn,
         )
-        hub.core = core
-        hub.pool_ref = weakref.ref(self)
-        self._hub = hub
-        self._core = core
-        self._cap = upkeep_cap(options, can_check=connector.can_check)
-        subscribe = getattr(clock, "subscribe", None)
+        hub: AioHub = self._hub
+        subscribe = getattr(self._clock, "subscribe", None)
         if callable(subscribe):
             subscribe(hub.upkeep_wake)  # a fake clock moved: the upkeep looks at once
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        """The ``(host, port)`` of a socket pool's server; ``None`` for a pool of clients."""
-        return getattr(self._hub.connector, "address", None)
-
-    @property
-    def size(self) -> int:
-        """The number of members; constant for the pool's life."""
-        return len(self._core.members)
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``close`` was called."""
-        return self._core.closed
 
     # -- lending ---------------------------------------------------------------
 
@@ -303,22 +267,9 @@ class AioPool(Generic[T]):
             self._hub.drain()
         self._hub.wake(waiter)
 
-    def _slot_of(self, conn: Any) -> Any:
-        """The slot of one of this pool's members (an AioConn, or a lent client)."""
-        if self._sockets:
-            if conn.__class__ is AioConn and conn._hub is self._hub:
-                return conn
-            return None
-        slot = self._core.by_conn.get(id(conn))
-        return slot if slot is not None and slot.conn is conn else None
-
     def _return(self, conn: Any, exc: BaseException | None) -> None:
         """Put back at the end of an ``async with`` block, by ``Pool.connection``'s rule."""
         self.put(conn, self._broken_by(conn, exc))
-
-    def _broken_by(self, conn: Any, exc: BaseException | None) -> bool:
-        """Whether an ``async with`` block that raised ``exc`` leaves ``conn`` broken."""
-        return broken_by(self.options, conn, exc, sockets=self._sockets, hub=self._hub)
 
     def connection(
         self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
@@ -329,10 +280,6 @@ class AioPool(Generic[T]):
 
     async def _lend(self, key: Any, timeout: float | None, fresh: bool, connect: bool) -> T:
         return await self.get(timeout, fresh=fresh, connect=connect)
-
-    def _has_lent(self) -> bool:
-        """Whether a member is lent or a task waits."""
-        return has_lent(self._core)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until ``min_idle`` members are connected; ``PoolTimeout``, ``PoolClosed``."""
@@ -367,21 +314,3 @@ class AioPool(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def stats(self) -> PoolStats:
-        """A consistent, immutable snapshot (see ``gocp.PoolStats``)."""
-        return snapshot(
-            self._core,
-            name=self.name,
-            address=self.address_text,
-            epoch=self._epoch,
-            stale=self._hub.connector.stale,
-        )
-
-    def __repr__(self) -> str:
-        core = self._core
-        state = " closed" if core.closed else ""
-        return (
-            f"<gocp.aio.AioPool {self.name} size={len(core.members)} idle={len(core.idle)} "
-            f"waiting={len(core.waiters)} connected={core.connected}{state}>"
-        )

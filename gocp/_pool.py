@@ -19,17 +19,15 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from ._address import AddressLike
-from ._build import broken_by, build_core, has_lent, snapshot, upkeep_cap
 from ._config import Options, check_bool, check_timeout
 from ._conn import PersistentConn
-from ._core import CHECK, DIAL, LENT, SLOW, PoolCore, Slot
+from ._core import CHECK, DIAL, LENT, SLOW, Slot
 from ._errors import DialError, PoolClosed
 from ._hooks import HookConnector
 from ._hub import Connector, Hub, Waiter, format_stack
-from ._log import make_log
 from ._make import Shell, build_new, build_pool
+from ._poolbase import PoolBase
 from ._sockets import SocketConnector
-from ._stats import PoolStats
 from ._worker import Worker
 
 __all__ = ["THREADS", "Closing", "Lend", "Pool", "new", "pool"]
@@ -131,7 +129,7 @@ class Closing:
         self.close()
 
 
-class Pool(Closing, Generic[T]):
+class Pool(Closing, PoolBase[T]):
     """A fixed set of ``size`` self-redialling connections (or clients) to one server.
 
     Make one with ``gocp.new(address)`` (members are ``PersistentConn``) or
@@ -155,65 +153,34 @@ class Pool(Closing, Generic[T]):
         address: str | None,
         worker: Worker | None = None,
     ) -> None:
-        log = make_log(logger)
-        self.options = options
-        self.name = options.name or connector.label
-        self.address_text = address
-        clock = options.clock or _monotonic
-        self._clock = clock
-        self._epoch = time.time() - clock()  # the wall time of the clock's zero, for stats
-        self._sockets = sockets  # members are PersistentConn (else: lend slot.conn)
-        self._spare_waiters: list[Waiter] = []  # served waiters, their locks held again
-        self._leaks = options.leak_timeout is not None
-        hub = Hub(connector, clock=clock, log=log)
-        make: Callable[..., Slot] = (
-            (lambda index, overflow=False: PersistentConn(hub, index, overflow=overflow))
-            if sockets
-            else (lambda index, overflow=False: Slot(index, overflow=overflow))
-        )
-        core: PoolCore[Any, Waiter] = build_core(
-            make,
+        super().__init__(
+            connector,
             size=size,
             options=options,
-            label=self.name,
+            logger=logger,
             sockets=sockets,
-            can_check=connector.can_check,
-            probe_lease=connector.probe_lease,
+            address=address,
+            hub_type=Hub,
+            member_type=PersistentConn,
         )
-        hub.core = core
-        self._hub = hub
-        self._core = core
+        hub: Hub = self._hub
+        self._spare_waiters: list[Waiter] = []  # served waiters, their locks held again
+        self._leaks = options.leak_timeout is not None
         self._lock = hub.lock
-        hub.pool_ref = weakref.ref(self)
         _live_hubs.add(hub)
         # A pool dropped without close() is closed when it is collected (no cycle holds it).
         self._finalizer = weakref.finalize(self, hub.close)
-        cap = upkeep_cap(options, can_check=connector.can_check)
+        cap = self._cap
         if cap is not None:
             if worker is None:
                 worker = Worker(cap=cap, name=self.name)
-                subscribe = getattr(clock, "subscribe", None)
+                subscribe = getattr(self._clock, "subscribe", None)
                 if callable(subscribe):
                     subscribe(worker.wake)
             hub.worker = worker
             worker.add(hub, cap=cap)
 
     # -- lending ---------------------------------------------------------------
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        """The ``(host, port)`` of a socket pool's server; ``None`` for a pool of clients."""
-        return getattr(self._hub.connector, "address", None)
-
-    @property
-    def size(self) -> int:
-        """The number of members; constant for the pool's life."""
-        return len(self._core.members)
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``close`` was called."""
-        return self._core.closed
 
     def get(
         self,
@@ -462,14 +429,6 @@ class Pool(Closing, Generic[T]):
             seq = slot.seq
         self._give_back(slot, seq, broken=broken)
 
-    def _slot_of(self, conn: Any) -> Any:
-        """The slot of one of this pool's members (a PersistentConn, or a lent client)."""
-        if self._sockets:
-            if conn.__class__ is PersistentConn and conn._hub is self._hub:
-                return conn
-            return None
-        return self._core.by_conn.get(id(conn))
-
     def _return(self, conn: Any, exc: BaseException | None) -> None:
         """Put back at the end of a ``with`` block: broken if the block raised an
         exception ``broken_on`` accepts (for sockets: after this lend did I/O).
@@ -485,10 +444,6 @@ class Pool(Closing, Generic[T]):
         except BaseException:
             self._finish_put(conn, slot, seq, True)
             raise
-
-    def _broken_by(self, conn: Any, exc: BaseException | None) -> bool:
-        """Whether a ``with`` block that raised ``exc`` leaves ``conn`` broken."""
-        return broken_by(self.options, conn, exc, sockets=self._sockets, hub=self._hub)
 
     def _connect(self, conn: Any, by: float | None) -> None:
         """Make sure a socket member just lent holds a live socket: replace one the peer
@@ -513,10 +468,6 @@ class Pool(Closing, Generic[T]):
                 self._abandon(taken, None)
                 raise
             raise
-
-    def _has_lent(self) -> bool:
-        """Whether a member is lent or a caller waits (read without the lock)."""
-        return has_lent(self._core)
 
     def connection(
         self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
@@ -566,28 +517,6 @@ class Pool(Closing, Generic[T]):
             raise
 
     # -- observing ---------------------------------------------------------------
-
-    def stats(self) -> PoolStats:
-        """A consistent, immutable snapshot of gauges and counters (see ``PoolStats``)."""
-        connector: Any = self._hub.connector
-        with self._lock:
-            return snapshot(
-                self._core,
-                name=self.name,
-                address=self.address_text,
-                epoch=self._epoch,
-                stale=connector.stale,
-            )
-
-    def __repr__(self) -> str:
-        core = self._core
-        lent = sum(1 for slot in core.members if slot.state is LENT)
-        state = " closed" if core.closed else ""
-        return (
-            f"<gocp.Pool {self.name} size={len(core.members)} idle={len(core.idle)} "
-            f"in_use={lent + len(core.extra)} waiting={len(core.waiters)} "
-            f"connected={core.connected}{state}>"
-        )
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
