@@ -208,7 +208,9 @@ class Options:
     Every pool:
 
     - ``retry_min`` (0.1), ``retry_max`` (3.0): bounds of the jittered
-      exponential wait between failed dials (see ``gocp._backoff``).
+      exponential wait between failed dials: after the n-th failure in a row,
+      ``b = min(retry_max, retry_min * 2**n)`` and the wait is uniform in
+      ``[b/2, b]``, never below ``retry_min``.
     - ``dial_attempts`` (1): dial attempts one ``get`` may make when it has
       to dial, waiting out the backoff between them within its timeout.
     - ``broken_on`` (``BaseException``): which exceptions leaving a
@@ -218,7 +220,7 @@ class Options:
       logs and errors.
     - lifecycle: ``check_interval`` (30.0 when a ``check`` hook is given),
       ``idle_timeout``, ``max_lifetime``, ``min_idle`` (0), ``max_overflow``
-      (0), ``leak_timeout``; see the README's "Lifecycle" section.
+      (0), ``leak_timeout``; see the "Lifecycle options" guide.
     - ``clock`` (``time.monotonic``): the clock of every policy and backoff
       decision; tests pass ``gocp.testing.FakeClock()`` (the wall times in
       ``stats().members`` then move with it).

@@ -590,7 +590,8 @@ def pool(
 
     Never calls ``dial`` here (unless ``min_idle`` asks the background thread
     to). Socket options (``dial_timeout``, ``io_timeout``, ``nodelay``,
-    ``keepalive``) are a ``TypeError``: the hooks bound their own I/O.
+    ``keepalive``, ``ssl``, ``server_hostname``) are a ``TypeError``: the
+    hooks bound their own I/O and make their own TLS connections.
     """
     made: Pool[T] = build_pool(
         dial, size=size, check=check, close=close, logger=logger, options=options, shell=THREADS

@@ -1,11 +1,13 @@
 """Prometheus metrics for gocp pools (the extra ``gocp[prometheus]``: ``prometheus_client``).
 
-::
+For example:
 
-    from prometheus_client import REGISTRY
-    import gocp.prometheus
+```python
+from prometheus_client import REGISTRY
+import gocp.prometheus
 
-    REGISTRY.register(gocp.prometheus.collector(pool, other_pool, keyed_pool, cluster))
+REGISTRY.register(gocp.prometheus.collector(pool, other_pool, keyed_pool, cluster))
+```
 
 Every number of ``pool.stats()`` becomes a ``gocp_*`` metric labelled ``pool`` (the pool's
 ``name=``) and ``address`` (the server; ``""`` for a pool of clients), read when Prometheus

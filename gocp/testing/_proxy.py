@@ -84,7 +84,7 @@ def _named(name: str) -> Callable[[Entry], bool]:
 
 
 class FaultProxy:
-    """A fault-injecting TCP proxy on loopback, for tests (see the module docstring).
+    """A fault-injecting TCP proxy on loopback, for tests (see ``gocp.testing``).
 
     ``FaultProxy(upstream)`` forwards connections made to ``proxy.address``
     to ``upstream`` (``(host, port)`` or ``"host:port"``). ``start()`` (or
