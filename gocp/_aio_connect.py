@@ -19,6 +19,7 @@ from ._aio_link import Link
 from ._config import Options
 from ._core import Slot
 from ._hooks import HookConnector
+from ._sockets import set_options
 
 __all__ = ["AioHookConnector", "AioSocketConnector"]
 
@@ -111,15 +112,10 @@ class AioSocketConnector:
         sock = link.socket()
         if sock is None:
             return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if self.nodelay else 0)
-        if self.keepalive is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            idle = int(self.keepalive)
-            values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": max(1, idle // 3), "TCP_KEEPCNT": 3}
-            for name, value in values.items():
-                if hasattr(socket, name):
-                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-        else:
+        set_options(sock, nodelay=self.nodelay, keepalive=self.keepalive)
+        if not self.nodelay:  # the loop turns it on for every TCP transport
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        if self.keepalive is None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
 
     def restore(self, link: Link) -> None:

@@ -13,14 +13,14 @@ import asyncio
 import math
 import time
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from ._aio_conn import AioConn
 from ._aio_hub import AioHub, AioWaiter
 from ._config import Options, check_bool, check_timeout
 from ._core import CHECK, DIAL, LENT, SLOW, Slot
 from ._errors import DialError, PoolClosed
-from ._poolbase import PoolBase
+from ._poolbase import LendBase, PoolBase
 from ._steps import format_stack
 
 __all__ = ["AioLend", "AioPool"]
@@ -30,32 +30,15 @@ T = TypeVar("T")
 _monotonic = time.monotonic
 
 
-class AioLend(Generic[T]):
+class AioLend(LendBase[T]):
     """What ``connection()`` returns in ``gocp.aio``: ``async with`` gets a member and puts
     it back (of an ``AioPool`` or an asyncio keyed pool or cluster)."""
 
     __module__ = "gocp.aio"
-    __slots__ = ("_conn", "_connect", "_fresh", "_key", "_owner", "_timeout")
-
-    def __init__(
-        self,
-        owner: Any,
-        key: Any,
-        timeout: float | None,
-        *,
-        fresh: bool = False,
-        connect: bool = False,
-    ) -> None:
-        self._owner = owner
-        self._key = key
-        self._timeout = timeout
-        self._fresh = fresh
-        self._connect = connect
-        self._conn: T | None = None
+    __slots__ = ()
 
     async def __aenter__(self) -> T:
-        if self._conn is not None:
-            raise RuntimeError("a connection() context can be entered once")
+        self._entered()
         conn: T = await self._owner._lend(self._key, self._timeout, self._fresh, self._connect)
         self._conn = conn
         return conn

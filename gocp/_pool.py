@@ -16,7 +16,7 @@ import traceback
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from ._address import AddressLike
 from ._config import Options, check_bool, check_timeout
@@ -26,7 +26,7 @@ from ._errors import DialError, PoolClosed
 from ._hooks import HookConnector
 from ._hub import Connector, Hub, Waiter, format_stack
 from ._make import Shell, build_new, build_pool
-from ._poolbase import PoolBase
+from ._poolbase import LendBase, PoolBase
 from ._sockets import SocketConnector
 from ._worker import Worker
 
@@ -70,32 +70,17 @@ class Lender(Protocol[T_co]):
     def _return(self, conn: Any, exc: BaseException | None) -> None: ...
 
 
-class Lend(Generic[T]):
+class Lend(LendBase[T]):
     """What ``connection()`` returns: a one-use context manager around ``get`` and
     ``put`` (of a ``Pool``, a ``KeyedPool`` or a ``Cluster``)."""
 
     __module__ = "gocp"
-    __slots__ = ("_conn", "_connect", "_fresh", "_key", "_owner", "_timeout")
+    __slots__ = ()
 
-    def __init__(
-        self,
-        owner: Lender[T],
-        key: Any,
-        timeout: float | None,
-        *,
-        fresh: bool = False,
-        connect: bool = False,
-    ) -> None:
-        self._owner = owner
-        self._key = key
-        self._timeout = timeout
-        self._fresh = fresh
-        self._connect = connect
-        self._conn: T | None = None
+    _owner: Lender[T]
 
     def __enter__(self) -> T:
-        if self._conn is not None:
-            raise RuntimeError("a connection() context can be entered once")
+        self._entered()
         # One plain call (no *args): an interrupt cannot land between get and the store.
         conn = self._conn = self._owner._lend(self._key, self._timeout, self._fresh, self._connect)
         return conn

@@ -16,11 +16,38 @@ from ._core import LENT, PoolCore, Slot
 from ._log import make_log
 from ._stats import PoolStats
 
-__all__ = ["PoolBase"]
+__all__ = ["LendBase", "PoolBase"]
 
 T = TypeVar("T")
 
 _monotonic = time.monotonic
+
+
+class LendBase(Generic[T]):
+    """What ``connection()`` returns, in either shell: what to ``get`` (the owner, a key,
+    the get's arguments) and, once entered, the member to put back."""
+
+    __slots__ = ("_conn", "_connect", "_fresh", "_key", "_owner", "_timeout")
+
+    def __init__(
+        self,
+        owner: Any,
+        key: Any,
+        timeout: float | None,
+        *,
+        fresh: bool = False,
+        connect: bool = False,
+    ) -> None:
+        self._owner = owner
+        self._key = key
+        self._timeout = timeout
+        self._fresh = fresh
+        self._connect = connect
+        self._conn: T | None = None
+
+    def _entered(self) -> None:
+        if self._conn is not None:
+            raise RuntimeError("a connection() context can be entered once")
 
 
 class PoolBase(Generic[T]):

@@ -94,6 +94,19 @@ def stale(sock: Socket) -> bool:
     return _stale_by_poll(sock)
 
 
+def set_options(sock: Any, *, nodelay: bool, keepalive: float | None) -> None:
+    """``TCP_NODELAY`` when ``nodelay``; TCP keepalive after ``keepalive`` seconds of
+    silence (then 3 probes ``keepalive // 3`` apart), or none. (Either shell's socket.)"""
+    if nodelay:
+        sock.setsockopt(_IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if keepalive is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle = int(keepalive)
+        values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": max(1, idle // 3), "TCP_KEEPCNT": 3}
+        for name in _KEEPALIVE_OPTS:
+            sock.setsockopt(_IPPROTO_TCP, getattr(socket, name), values[name])
+
+
 class SocketConnector:
     """Makes, configures, probes and closes the TCP sockets of one address.
 
@@ -155,14 +168,7 @@ class SocketConnector:
 
     def configure(self, sock: Socket) -> None:
         """Apply the pool's socket options and ``io_timeout`` to ``sock``."""
-        if self.nodelay:
-            sock.setsockopt(_IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.keepalive is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            idle = int(self.keepalive)
-            values = {"TCP_KEEPIDLE": idle, "TCP_KEEPINTVL": max(1, idle // 3), "TCP_KEEPCNT": 3}
-            for name in _KEEPALIVE_OPTS:
-                sock.setsockopt(_IPPROTO_TCP, getattr(socket, name), values[name])
+        set_options(sock, nodelay=self.nodelay, keepalive=self.keepalive)
         sock.settimeout(self.io_timeout)
 
     def restore(self, sock: Socket) -> None:
