@@ -332,3 +332,32 @@ def test_a_mapping_entry_without_pool_stats_is_a_type_error():
 
     with pytest.raises(TypeError, match=r"Broken\.servers\['h:1'\] holds no gocp\.PoolStats"):
         collector(Source())
+
+
+def test_asyncio_pools_keyed_pools_and_clusters_are_exported(registry):
+    """gocp.aio's pools have the same stats, so the same metrics, labelled the same way."""
+    import asyncio
+
+    import gocp.aio
+
+    async def scenario() -> Samples:
+        pool = gocp.aio.pool(object, size=2, name="aio-pool")
+        keyed = gocp.aio.keyed(dial=lambda key: object(), size=1, name="aio-keyed")
+        cluster = gocp.aio.cluster(["x", "y"], dial=lambda address: object(), name="aio-cl")
+        registry.register(collector(pool, keyed, cluster))
+        try:
+            pool.put(await pool.get())
+            keyed.put(await keyed.get("k"))
+            cluster.put(await cluster.get())
+            return scrape(registry)
+        finally:
+            await pool.close()
+            await keyed.close()
+            await cluster.close()
+
+    samples = asyncio.run(scenario())
+    assert value(samples, "gocp_lends_total", pool="aio-pool", address="") == 1
+    assert value(samples, "gocp_size", pool="aio-pool", address="") == 2
+    assert value(samples, "gocp_lends_total", pool="aio-keyed", address="k") == 1
+    lends = [value(samples, "gocp_lends_total", pool="aio-cl", address=a) for a in "xy"]
+    assert sorted(lends) == [0, 1]
