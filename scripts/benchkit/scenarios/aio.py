@@ -1,7 +1,6 @@
-"""The ``aio`` scenario of ``scripts/bench.py``: gocp.aio against asyncio floors and a peer.
+"""``aio``: gocp.aio against asyncio floors and psycopg_pool's ``AsyncConnectionPool``.
 
-Run through ``scripts/bench.py --only aio``. For each event loop (asyncio's own, and
-uvloop when it imports), in one process:
+For each event loop (asyncio's own, and uvloop when it imports), in one process:
 
 - get+put, one task, pool of 8: the floor is an ``asyncio.Queue`` of 8 items
   (``await q.get()`` then ``q.put_nowait()``); gocp.aio.new (members never
@@ -21,14 +20,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import gocp.aio
 
-MSG = bytes(range(64))
-perf = time.perf_counter
+from ..echo import MSG, EchoProcess
+from ..results import Row, Settings, Table, error_status
+from ..timing import perf
 
 Run = Callable[[int], Awaitable[None]]
 
@@ -64,7 +63,7 @@ async def calibrate(run: Run, seconds: float) -> int:
         n *= 4
 
 
-async def sample(kit: Any, rows: list[tuple[Any, Run]], seconds: float, repeats: int) -> None:
+async def sample(rows: list[tuple[Row, Run]], seconds: float, repeats: int) -> None:
     """Calibrate each run, then take ``repeats`` interleaved samples (us per op)."""
     plans = []
     for row, run in rows:
@@ -72,7 +71,7 @@ async def sample(kit: Any, rows: list[tuple[Any, Run]], seconds: float, repeats:
             await run(50)
             plans.append((row, run, await calibrate(run, seconds)))
         except Exception as exc:
-            row.status = f"error: {exc!r}"[:60]
+            row.status = error_status(exc)
     for _ in range(repeats):
         for row, run, n in plans:
             row.samples.append(await timed(run, n) / n * 1e6)
@@ -115,9 +114,10 @@ async def psycopg_async(size: int) -> Any:
             pass
 
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    fake: Any = FakeAsyncConnection  # a stand-in, not a psycopg.AsyncConnection
     pool = AsyncConnectionPool(
         "",
-        connection_class=FakeAsyncConnection,  # type: ignore[arg-type]
+        connection_class=fake,
         min_size=size,
         max_size=size,
         open=False,
@@ -221,8 +221,7 @@ def together(runs: list[Run]) -> Run:
 # -- the scenario -------------------------------------------------------------------
 
 
-async def _tables(kit: Any, cfg: Any, loop_name: str, address: tuple[str, int]) -> list[Any]:
-    Table, Row = kit.Table, kit.Row
+async def _tables(cfg: Settings, loop_name: str, address: tuple[str, int]) -> list[Table]:
     seconds, repeats = cfg.sample, cfg.repeats
     tables = []
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -234,7 +233,7 @@ async def _tables(kit: Any, cfg: Any, loop_name: str, address: tuple[str, int]) 
             "us/op",
             notes=["floor: asyncio.Queue of 8 (await get, put_nowait)"],
         )
-        rows: list[tuple[Any, Run]] = []
+        rows: list[tuple[Row, Run]] = []
         get, put = queue_floor(8)
         rows.append((Row("floor: asyncio.Queue", "floor"), getput(get, put)))
         sockets = gocp.aio.new(("127.0.0.1", 9), size=8)
@@ -253,7 +252,7 @@ async def _tables(kit: Any, cfg: Any, loop_name: str, address: tuple[str, int]) 
         except Exception as exc:
             peer.status = f"n/a: {exc!r}"[:60]
         table.rows += [row for row, _ in rows] + ([peer] if peer.status else [])
-        await sample(kit, rows, seconds, repeats)
+        await sample(rows, seconds, repeats)
         tables.append(table)
 
         # 16 tasks on 4 members
@@ -277,7 +276,7 @@ async def _tables(kit: Any, cfg: Any, loop_name: str, address: tuple[str, int]) 
         except Exception as exc:
             peer.status = f"n/a: {exc!r}"[:60]
         table.rows += [row for row, _ in rows] + ([peer] if peer.status else [])
-        await sample(kit, rows, seconds, repeats)
+        await sample(rows, seconds, repeats)
         tables.append(table)
 
         # echo round trips
@@ -323,7 +322,7 @@ async def _tables(kit: Any, cfg: Any, loop_name: str, address: tuple[str, int]) 
                 rows.append((Row("gocp.aio.new, 8 members lent in turn", "info"), rt_pool(ring)))
             table.rows += [row for row, _ in rows]
             try:
-                await sample(kit, rows, cfg.rt_sample, cfg.rt_repeats)
+                await sample(rows, cfg.rt_sample, cfg.rt_repeats)
             finally:
                 for sock in socks:
                     sock.close()
@@ -342,15 +341,15 @@ async def _tables(kit: Any, cfg: Any, loop_name: str, address: tuple[str, int]) 
     return tables
 
 
-def scenario_aio(cfg: Any, kit: Any) -> list[Any]:
-    """The ``aio`` tables, for each event loop (``kit``: the bench module's helpers)."""
-    server = kit.EchoProcess(cfg.server)
-    tables: list[Any] = []
+def run(cfg: Settings) -> list[Table]:
+    """The ``aio`` tables, for each event loop."""
+    server = EchoProcess(cfg.server)
+    tables: list[Table] = []
     try:
         for name, factory in loops():
             runner = asyncio.Runner(loop_factory=factory)
             try:
-                tables += runner.run(_tables(kit, cfg, name, server.address))
+                tables += runner.run(_tables(cfg, name, server.address))
             finally:
                 runner.close()
     finally:

@@ -34,27 +34,16 @@ import importlib
 import importlib.metadata
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
-__all__ = ["PEERS", "Peer", "Subject"]
+from .results import Row, Table, error_status
+from .subjects import Subject
+
+__all__ = ["PEERS", "PSYCOPG_NAME", "Peer", "peer_rows"]
 
 Address = tuple[str, int]
 SockMaker = Callable[[], socket.socket]
-
-
-@dataclass
-class Subject:
-    """Something that lends members: the floor, gocp or a peer pool."""
-
-    name: str
-    get: Callable[[], Any]
-    put: Callable[[Any], None]
-    close: Callable[[], None]
-    #: For round trips: handle -> object with ``sendall``/``recv`` (None: the handle itself).
-    sock_of: Callable[[Any], Any] | None = None
-    note: str = ""
 
 
 class _Dummy:
@@ -162,7 +151,7 @@ class SQLAlchemyPeer(Peer):
 def _idle_redis_connection() -> type:
     from redis.connection import Connection
 
-    class IdleConnection(Connection):  # type: ignore[misc]
+    class IdleConnection(Connection):
         """redis-py's Connection with its network calls replaced by no-ops."""
 
         def connect(self) -> None:
@@ -181,7 +170,7 @@ class RedisPeer(Peer):
     name = "redis-py ConnectionPool"
     dist = "redis"
     module = "redis.connection"
-    no_waiting = "raises MaxConnectionsError instead of waiting when exhausted"
+    no_waiting: str | None = "raises MaxConnectionsError instead of waiting when exhausted"
     no_sockets = "its members speak RESP when they connect: needs a Redis server"
     no_lifecycle = (
         "no pool-level policies (health_check_interval acts per command on the connection)"
@@ -201,7 +190,7 @@ class RedisBlockingPeer(RedisPeer):
     def dummy(self, size: int) -> Subject:
         from redis.connection import BlockingConnectionPool
 
-        pool = BlockingConnectionPool(
+        pool = BlockingConnectionPool(  # type: ignore[no-untyped-call]
             connection_class=_idle_redis_connection(), max_connections=size, timeout=30
         )
         return Subject(self.name, pool.get_connection, pool.release, pool.disconnect)
@@ -324,7 +313,7 @@ class PsycopgPeer(Peer):
         def check(conn: Any) -> None:
             pass
 
-        lifetimes = {"max_lifetime": 3600.0, "max_idle": 600.0}
+        lifetimes: dict[str, Any] = {"max_lifetime": 3600.0, "max_idle": 600.0}
         checked = self._pool(size, fake, check=check, **lifetimes)
         checked.name = f"{self.name} (check, max_lifetime, max_idle)"
         reset = self._pool(size, fake, check=check, reset=check, **lifetimes)
@@ -406,3 +395,29 @@ PEERS: list[Peer] = [
     PsycopgPeer(),
     GenericPeer(),
 ]
+
+PSYCOPG_NAME = next((p.name for p in PEERS if p.module == "psycopg_pool"), "psycopg_pool")
+
+
+def peer_rows(
+    table: Table,
+    make: Callable[[Peer], list[Subject]],
+    reason: Callable[[Peer], str | None],
+) -> list[tuple[Row, Subject]]:
+    """Build each installed peer's subjects; rows for the others say why not."""
+    built = []
+    for peer in PEERS:
+        why = peer.missing() or reason(peer)
+        if why:
+            table.rows.append(Row(peer.name, "peer", status=why))
+            continue
+        try:
+            subjects = make(peer)
+        except Exception as exc:
+            table.rows.append(Row(peer.name, "peer", status=error_status(exc)))
+            continue
+        for subject in subjects:
+            row = Row(subject.name, "peer", note=subject.note)
+            table.rows.append(row)
+            built.append((row, subject))
+    return built
