@@ -12,35 +12,93 @@ import asyncio
 import inspect
 import socket
 import time
+from collections import deque
 from typing import Any
 
 from ._address import Address, format_address
 from ._aio_link import Link
 from ._config import Options
 from ._core import Slot
+from ._dial import all_failed, checked_infos, order_addresses, timed_out
 from ._hooks import HookConnector
 from ._sockets import set_options
 
-__all__ = ["AioHookConnector", "AioSocketConnector"]
-
-_ATTEMPT_DELAY = 0.25  # RFC 8305's "Connection Attempt Delay", as the threaded connect's
+__all__ = ["AioHookConnector", "AioSocketConnector", "connect"]
 
 AddrInfo = tuple[Any, ...]
 
 
-def _happy_eyeballs(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
-    """RFC 8305 staggered attempts, where the loop offers them (uvloop does not: it tries
-    the addresses one after another)."""
-    kind = type(loop)
-    known = _STAGGERS.get(kind)
-    if known is None:
-        known = _STAGGERS[kind] = (
-            "happy_eyeballs_delay" in inspect.signature(loop.create_connection).parameters
-        )
-    return {"happy_eyeballs_delay": _ATTEMPT_DELAY} if known else {}  # a fresh dict
+async def connect(
+    host: str, port: int, deadline: float, *, attempt_delay: float = 0.25
+) -> socket.socket:
+    """Connect to ``host:port`` by ``deadline`` (``time.monotonic``), as ``gocp._dial.connect``
+    does (RFC 8305: addresses interleaved by family, the next attempt started when one
+    fails or ``attempt_delay`` passes, the first to connect wins), on the running loop.
+    The name is resolved by the loop (its executor). Returns a connected non-blocking
+    socket; every other socket it made is closed, also when cancelled."""
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    candidates: deque[AddrInfo] = deque(order_addresses(checked_infos(host, port, infos)))
+    if not candidates:
+        raise OSError(f"connect to {host}:{port}: resolve returned no address")
+    failures: list[tuple[AddrInfo, OSError]] = []
+    attempts: dict[asyncio.Task[socket.socket], AddrInfo] = {}  # in start order
+    winner: socket.socket | None = None
+
+    async def attempt(info: AddrInfo) -> socket.socket:
+        sock = socket.socket(info[0], socket.SOCK_STREAM, info[2])
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, info[4])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    try:
+        while winner is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise timed_out(
+                    host,
+                    port,
+                    allowed=deadline - started,
+                    pending=list(attempts.values()),
+                    untried=candidates,
+                    failures=failures,
+                )
+            if candidates:
+                info = candidates.popleft()
+                attempts[loop.create_task(attempt(info))] = info
+            if not attempts:
+                raise all_failed(host, port, failures)
+            wait = min(left, attempt_delay) if candidates else left
+            done, _ = await asyncio.wait(
+                list(attempts), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in [task for task in attempts if task in done]:  # in start order
+                info = attempts.pop(task)
+                error = task.exception()
+                if error is None:
+                    winner = task.result()
+                    break
+                if not isinstance(error, OSError):
+                    raise error
+                failures.append((info, error))
+        return winner
+    finally:
+        for task in attempts:  # still running, or done after the winner
+            task.cancel()
+            task.add_done_callback(_close_result)
+        if attempts:  # let them end now (a cancel again only leaves them to their callback)
+            await asyncio.wait(list(attempts))
 
 
-_STAGGERS: dict[type, bool] = {}
+def _close_result(task: asyncio.Task[socket.socket]) -> None:
+    """A losing attempt's socket, if it connected after all, is closed."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -89,17 +147,24 @@ class AioSocketConnector:
         assert deadline is not None
         loop = asyncio.get_running_loop()
         host, port = self.address
-        options: dict[str, Any] = _happy_eyeballs(loop)
+        options: dict[str, Any] = {}
         if self.tls is not None:
             options.update(ssl=self.tls, server_hostname=self.server_hostname)
+        # The loop's own staggered connect leaks the winning socket when cancelled after
+        # it won (CPython 3.11-3.13): connect here, then hand the socket to a transport.
+        sock = await connect(host, port, deadline)
         try:
             async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
-                made = await loop.create_connection(Link, host, port, **options)
+                made = await loop.create_connection(Link, sock=sock, **options)
                 link: Link = made[1]
         except TimeoutError:
+            sock.close()
             raise TimeoutError(
-                f"connect to {self.label} timed out after {self.dial_timeout}s"
+                f"TLS handshake with {self.label} timed out within {self.dial_timeout}s"
             ) from None
+        except BaseException:
+            sock.close()
+            raise
         try:
             self.configure(link)
         except BaseException:

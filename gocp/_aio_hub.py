@@ -168,22 +168,47 @@ class AioHub(HubBase):
     async def maintain(self) -> float:
         """One background pass (see ``Hub.maintain``); seconds until the next."""
         now, tasks, due = self.plan()
-        for kind, slot in tasks:
-            if kind == CHECK:
-                try:
-                    await self.check(slot)
-                finally:
-                    self.restore(slot, dialled=False)
-            else:
-                try:
-                    await self.dial(slot)
-                except (DialError, PoolClosed):
-                    pass  # reported by dial; the backoff decides when to try again
-                finally:
-                    self.restore(slot, dialled=True)
+        try:
+            while tasks:
+                kind, slot = tasks[0]
+                if kind == CHECK:
+                    try:
+                        await self.check(slot)
+                    finally:
+                        del tasks[0]
+                        self.restore(slot, dialled=False)
+                else:
+                    try:
+                        await self.dial(slot)
+                    except (DialError, PoolClosed):
+                        pass  # reported by dial; the backoff decides when to try again
+                    finally:
+                        del tasks[0]
+                        self.restore(slot, dialled=True)
+        finally:  # cancelled (the pool closing): the members this pass took go back
+            for kind, slot in tasks:
+                self.restore(slot, dialled=kind != CHECK)
         return due - now
 
     # -- closing -----------------------------------------------------------------------
+
+    def abandon(self) -> None:
+        """The pool was dropped without ``close()`` (its finalizer): close the core, end
+        the upkeep task and close the connections, in the loop that runs them."""
+        if self.core.closed:
+            return
+        self.close_core()
+        self.closing = True
+        task = self.upkeep
+        if task is None or task.done():
+            self.closed_down()
+            return
+        try:
+            loop = task.get_loop()
+            loop.call_soon_threadsafe(task.cancel)
+            loop.call_soon_threadsafe(self.closed_down)
+        except RuntimeError:  # the loop is closed: nothing runs there any more
+            pass
 
     async def close(self) -> None:
         """Close the pool: idle connections now, lent ones when put back; wake waiters;
@@ -195,5 +220,5 @@ class AioHub(HubBase):
             task.cancel()
             await asyncio.wait([task])  # its end, not its CancelledError
         self.closed_down()
-        while self._closes:
-            await asyncio.gather(*list(self._closes), return_exceptions=True)
+        while self._closes:  # asyncio.wait: a cancelled close leaves the hooks running
+            await asyncio.wait(list(self._closes))

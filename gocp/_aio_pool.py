@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -21,7 +22,7 @@ from ._config import Options, check_bool, check_timeout
 from ._core import CHECK, DIAL, LENT, SLOW, Slot
 from ._errors import DialError, PoolClosed
 from ._poolbase import LendBase, PoolBase
-from ._steps import format_stack
+from ._steps import caller_stack, format_stack
 
 __all__ = ["AioLend", "AioPool"]
 
@@ -87,6 +88,8 @@ class AioPool(PoolBase[T]):
             member_type=AioConn,
         )
         hub: AioHub = self._hub
+        # A pool dropped without close(): its upkeep ends, its connections close.
+        self._finalizer = weakref.finalize(self, hub.abandon)
         subscribe = getattr(self._clock, "subscribe", None)
         if callable(subscribe):
             subscribe(hub.upkeep_wake)  # a fake clock moved: the upkeep looks at once
@@ -166,6 +169,8 @@ class AioPool(PoolBase[T]):
         check_bool("fresh", fresh)
         check_bool("connect", connect)
         hub, core = self._hub, self._core
+        if self.options.leak_timeout is not None:
+            slot.stack = caller_stack()
         action = core.prepare(slot, self._clock(), fresh=fresh)
         hub.drain()
         if action == CHECK and not await hub.check(slot):

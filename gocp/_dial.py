@@ -33,7 +33,14 @@ deadline: every wait for the peer is bounded by it, and the socket is closed on 
 
 from __future__ import annotations
 
-__all__ = ["connect", "handshake", "order_addresses"]
+__all__ = [
+    "all_failed",
+    "checked_infos",
+    "connect",
+    "handshake",
+    "order_addresses",
+    "timed_out",
+]
 
 import errno
 import math
@@ -338,3 +345,9 @@ def handshake(
     except BaseException:
         tls.close()
         raise
+
+
+# The pieces the asyncio connect (gocp._aio_connect) shares with ``connect``.
+checked_infos = _checked
+all_failed = _all_failed
+timed_out = _timed_out

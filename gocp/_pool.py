@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
-import traceback
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -28,6 +26,7 @@ from ._hub import Connector, Hub, Waiter, format_stack
 from ._make import Shell, build_new, build_pool
 from ._poolbase import LendBase, PoolBase
 from ._sockets import SocketConnector
+from ._steps import caller_stack
 from ._worker import Worker
 
 __all__ = ["THREADS", "Closing", "Lend", "Pool", "new", "pool"]
@@ -275,7 +274,7 @@ class Pool(Closing, PoolBase[T]):
         check_bool("connect", connect)
         hub, core = self._hub, self._core
         if self._leaks:
-            slot.stack = _caller_stack()
+            slot.stack = caller_stack()
         with self._lock:
             action = core.prepare(slot, self._clock(), fresh=fresh)
         hub.drain()
@@ -502,17 +501,6 @@ class Pool(Closing, PoolBase[T]):
             raise
 
     # -- observing ---------------------------------------------------------------
-
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _caller_stack() -> traceback.StackSummary:
-    """The stack of the code that called into gocp (its innermost frame last)."""
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame = frame.f_back
-    return traceback.extract_stack(frame, limit=12)
 
 
 _live_hubs: weakref.WeakSet[Hub] = weakref.WeakSet()

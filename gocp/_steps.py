@@ -11,7 +11,10 @@ made outside it. The threaded ``Hub`` (``gocp._hub``) and the asyncio hub
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,7 +22,7 @@ from ._core import BUSY, CHECK, DIAL, IDLE, LEAK, LENT, WAKE, PoolCore, Slot
 from ._errors import ConnectionBroken, DialError, describe
 from ._log import EventLog
 
-__all__ = ["Attempt", "Connector", "HubBase", "format_stack"]
+__all__ = ["Attempt", "Connector", "HubBase", "caller_stack", "format_stack"]
 
 
 class Connector(Protocol):
@@ -328,3 +331,15 @@ def format_stack(stack: Any) -> str:
         return "unknown (leak_timeout was not set when it was taken)"
     frame = stack[-1]
     return f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_stack() -> traceback.StackSummary:
+    """The stack of the code that called into gocp (its innermost frame last); from a
+    coroutine, the frames that await it."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+    return traceback.extract_stack(frame, limit=12)

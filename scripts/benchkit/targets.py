@@ -211,6 +211,33 @@ def targets(tables: dict[str, Table]) -> list[Target]:
                 plain = pattern.format(GOCP_PLAIN)
                 name = pattern.format(label)
                 out.append(vs(RESTRUCTURE, text, "lifecycle", plain, 1.10, name=name))
+    # keyed pools and clusters (issue 10): their get+put over a single pool's
+    for kind, keyed, cluster in (
+        ("sockets", "gocp.keyed (one key)", "gocp.cluster (3 servers)"),
+        ("clients", "gocp.keyed (clients, one key)", "gocp.cluster (clients, 3 servers)"),
+    ):
+        key = f"kinds_{kind}"
+        if key in tables:
+            text = f"keyed get+put vs a single pool ({kind})"
+            out.append(vs("#10", text, key, "floor", 1.5, name=keyed))
+            text = f"cluster get+put vs a single pool ({kind})"
+            out.append(vs("#10", text, key, "floor", 1.5, name=cluster))
+    # gocp.aio (issue 11), for each event loop
+    for loop in ("asyncio", "uvloop"):
+        key = f"aio_getput_{loop}"
+        if key in tables:
+            for name in ("gocp.aio.new (members not dialled)", "gocp.aio.pool (clients)"):
+                short = name.split(" (")[0]
+                text = f"{short} get+put vs asyncio.Queue [{loop}]"
+                out.append(vs("#11", text, key, "floor", 1.5, name=name))
+                text = f"{short} get+put vs psycopg_pool [{loop}]"
+                out.append(vs("#11", text, key, "peer", 0.25, name=name))
+        for tasks in (1, 64):
+            key = f"aio_roundtrip_{tasks}_{loop}"
+            if key in tables:
+                text = f"aio echo round trip, {tasks} task(s), vs faster raw form [{loop}]"
+                name = f"gocp.aio.new, {tasks} members"
+                out.append(vs("#11", text, key, "floor", 1.10, name=name))
     return out
 
 
