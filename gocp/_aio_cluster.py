@@ -15,7 +15,8 @@ from typing import Any, Self, TypeVar
 from ._aio_hub import NO_LOCK
 from ._aio_pool import AioLend
 from ._balance import Server
-from ._clusterbase import ClusterBase, Reasons, cluster_factory
+from ._clusterbase import TOOK, ClusterBase, Reasons, cluster_factory
+from ._clusterbase import send_step as _send
 from ._compose import Factory
 from ._config import check_bool, check_timeout
 from ._errors import DialError, PoolClosed
@@ -49,8 +50,10 @@ class AioCluster(ClusterBase[T]):
         """Take a server out (while in use): its idle members close now, lent ones when
         they are put back. ``ValueError`` if it is not in the cluster."""
         server = self._take_out(address)
-        await server.pool.close()
-        self._settle(server)
+        try:
+            await server.pool.close()
+        finally:
+            self._settle(server)
 
     # -- lending -------------------------------------------------------------------
 
@@ -96,30 +99,35 @@ class AioCluster(ClusterBase[T]):
     ) -> T | None:
         """One walk over the servers (``ClusterBase._steps``), each tried with ``await``."""
         steps = self._steps(ticket, reasons, patient=patient)
-        server = next(steps, None)
-        while server is not None:
-            try:
-                conn = await self._take(server, fresh, by)
-            except (DialError, PoolClosed) as exc:
-                outcome: BaseException | None = exc
-            else:
-                if conn is not None:
-                    steps.close()
-                    return conn
-                outcome = None
-            try:
-                server = steps.send(outcome)
-            except StopIteration:
-                server = None
+        try:
+            server = next(steps, None)
+            while server is not None:
+                try:
+                    conn = await self._take(server, fresh, by)
+                except (DialError, PoolClosed) as exc:
+                    outcome: Any = exc
+                else:
+                    if conn is not None:
+                        _send(steps, TOOK)
+                        return conn
+                    outcome = None
+                server = _send(steps, outcome)
+        finally:
+            steps.close()  # ended early (cancelled, interrupted): it gives back the token
         return None
 
     async def _take(self, server: Server[Any], fresh: bool, by: float | None) -> T | None:
         """An idle member of ``server``'s pool, connected; None if none is idle."""
         pool = server.pool
-        conn: T | None = await pool.get(None, fresh=fresh, _or_none=True)  # never waits
-        if conn is not None:
-            if self._sockets:
+        try:
+            conn: T | None = await pool.get(None, fresh=fresh, _or_none=True)  # never waits
+            if conn is not None and self._sockets:
                 await pool._connect(conn, by)  # on failure it gives the member back
+        except BaseException:
+            if server.removed:  # removed meanwhile: its member went back to a closed pool
+                self._settle(server)
+            raise
+        if conn is not None:
             self._members.lent(conn, server)
         return conn
 
@@ -138,8 +146,9 @@ class AioCluster(ClusterBase[T]):
         every waiter; idempotent; nothing is left pending."""
         servers = self._stop()
         self._wake_waiters()
-        for server in servers:
-            await server.pool.close()
+        pools = [server.pool for server in [*servers, *self._leaving]] + self._gone
+        for pool in pools:  # removed servers' too: their close hooks may still run
+            await pool.close()
 
     async def __aenter__(self) -> Self:
         return self

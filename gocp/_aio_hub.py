@@ -153,12 +153,12 @@ class AioHub(HubBase):
         due = self._upkeep_due
         assert due is not None
         while not self.core.closed:
+            due.clear()  # before the pass: a wake-up during it is not lost
             try:
                 delay = await self.maintain()
             except Exception as exc:  # noqa: BLE001 - a bug must not end the upkeep silently
                 self.report("error", "maintenance_failed", error=f"{type(exc).__name__}: {exc}")
                 delay = cap
-            due.clear()
             try:
                 async with asyncio.timeout(max(0.0, min(delay, cap))):
                     await due.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Self, TypeVar
 
@@ -46,14 +47,16 @@ class AioKeyedPool(KeyedBase[T]):
         self._idle_timeout = key_idle_timeout
         self._freed: asyncio.Event | None = None  # a key may have become evictable
         self._sweeper: asyncio.Task[None] | None = None
-        self._sweep_due: asyncio.Event | None = None
+        self._sweep_due = asyncio.Event()  # wakes the sweep (binds to a loop when awaited)
+        self._gone: list[KeyEntry[Any]] = []  # keys closed by close(), for a second close
+        # Dropped without close(): the sweep task (which holds it weakly) ends.
+        self._finalizer = weakref.finalize(self, self._sweep_due.set)
         subscribe = getattr(made.clock, "subscribe", None)
         if callable(subscribe):
             subscribe(self._poke)  # a fake clock moved: the sweep looks at once
 
     def _poke(self) -> None:
-        if self._sweep_due is not None:
-            self._sweep_due.set()
+        self._sweep_due.set()
 
     def _wake_waiters(self) -> None:
         if self._freed is not None:
@@ -104,9 +107,15 @@ class AioKeyedPool(KeyedBase[T]):
                     pass
         finally:
             self._waiting -= 1
-        for gone in evicted:
-            await gone.pool.close()
-            self._retire(gone, "evicted")
+        try:
+            for gone in evicted:
+                try:
+                    await gone.pool.close()
+                finally:
+                    self._retire(gone, "evicted")
+        except BaseException:  # cancelled while closing the evicted key: leave the new one
+            self._failed(entry)
+            raise
         if self._table.made != made:
             self._start_sweep()
         return entry
@@ -129,44 +138,63 @@ class AioKeyedPool(KeyedBase[T]):
         if self._idle_timeout is None or self._closed:
             return
         if self._sweeper is None:
-            self._sweep_due = asyncio.Event()
-            self._sweeper = asyncio.get_running_loop().create_task(self._run_sweep())
-        elif self._sweep_due is not None:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                _run_sweep(weakref.ref(self), self._sweep_due)
+            )
+        else:
             self._sweep_due.set()
 
-    async def _run_sweep(self) -> None:
-        due = self._sweep_due
-        assert due is not None
-        while not self._closed:
-            gone, delay = self._expired()
-            for entry in gone:
-                await entry.pool.close()
-                self._retire(entry, "idle")
-            due.clear()
+    async def _sweep_once(self) -> float:
+        """Forget the keys idle too long (closing their pools); seconds to the next look."""
+        gone, delay = self._expired()
+        for entry in gone:
             try:
-                async with asyncio.timeout(None if delay == float("inf") else max(0.0, delay)):
-                    await due.wait()
-            except TimeoutError:
-                pass
+                await entry.pool.close()
+            finally:
+                self._retire(entry, "idle")
+        return delay
 
     async def close(self) -> None:
         """Close every key's pool (idle members now, lent ones when put back), wake every
-        waiter, stop the sweep; idempotent; nothing is left pending."""
+        waiter, end the sweep; idempotent; nothing is left pending (a second call also
+        waits for close hooks of members put back since)."""
         gone = self._clear()
+        self._gone += gone
         self._wake_waiters()
         task = self._sweeper
         if task is not None and not task.done():
-            task.cancel()
+            self._sweep_due.set()  # it sees the close and ends (after a close in progress)
             await asyncio.wait([task])
         for entry in gone:
+            try:
+                await entry.pool.close()
+            finally:
+                self._retire(entry, None)
+        for entry in self._gone:  # close hooks of members put back after the close
             await entry.pool.close()
-            self._retire(entry, None)
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def _run_sweep(ref: weakref.ref[AioKeyedPool[Any]], due: asyncio.Event) -> None:
+    """The sweep task: holds its keyed pool weakly, so a dropped one is collected (its
+    finalizer wakes this task, which then ends)."""
+    while True:
+        due.clear()  # before looking: a poke while the look closes pools is not lost
+        owner = ref()
+        if owner is None or owner.closed:
+            return
+        delay = await owner._sweep_once()
+        del owner
+        try:
+            async with asyncio.timeout(None if delay == float("inf") else max(0.0, delay)):
+                await due.wait()
+        except TimeoutError:
+            pass
 
 
 def build_keyed(

@@ -250,10 +250,11 @@ class AioPool(PoolBase[T]):
             self._hub.drain()
         now = self._clock()
         waiter = core.give_back(slot, now)
-        if waiter is SLOW:
-            waiter = core.give_back_slow(slot, now)
-            self._hub.drain()
-        self._hub.wake(waiter)
+        if waiter is not None:
+            if waiter is SLOW:
+                waiter = core.give_back_slow(slot, now)
+                self._hub.drain()
+            self._hub.wake(waiter)
 
     def _return(self, conn: Any, exc: BaseException | None) -> None:
         """Put back at the end of an ``async with`` block, by ``Pool.connection``'s rule."""

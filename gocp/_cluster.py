@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._balance import Balancer, Server
-from ._clusterbase import ClusterBase, Reasons, cluster_factory
+from ._clusterbase import TOOK, ClusterBase, Reasons, cluster_factory
+from ._clusterbase import send_step as _send
 from ._compose import Factory
 from ._config import check_bool, check_timeout
 from ._errors import DialError, PoolClosed
@@ -118,30 +119,35 @@ class Cluster(Closing, ClusterBase[T]):
         """One walk over the servers (``ClusterBase._steps``): a connected member, or
         None with ``reasons`` filled in."""
         steps = self._steps(ticket, reasons, patient=patient)
-        server = next(steps, None)
-        while server is not None:
-            try:
-                conn = self._take(server, fresh, by)
-            except (DialError, PoolClosed) as exc:
-                outcome: BaseException | None = exc
-            else:
-                if conn is not None:
-                    steps.close()
-                    return conn
-                outcome = None
-            try:
-                server = steps.send(outcome)
-            except StopIteration:
-                server = None
+        try:
+            server = next(steps, None)
+            while server is not None:
+                try:
+                    conn = self._take(server, fresh, by)
+                except (DialError, PoolClosed) as exc:
+                    outcome: Any = exc
+                else:
+                    if conn is not None:
+                        _send(steps, TOOK)
+                        return conn
+                    outcome = None
+                server = _send(steps, outcome)
+        finally:
+            steps.close()  # ended early (cancelled, interrupted): it gives back the token
         return None
 
     def _take(self, server: Server[Any], fresh: bool, by: float | None) -> T | None:
         """An idle member of ``server``'s pool, connected; None if none is idle."""
         pool = server.pool
-        conn: T | None = pool.get(None, fresh=fresh, _or_none=True)  # never waits
-        if conn is not None:
-            if self._sockets:
+        try:
+            conn: T | None = pool.get(None, fresh=fresh, _or_none=True)  # never waits
+            if conn is not None and self._sockets:
                 pool._connect(conn, by)  # on failure it gives the member back
+        except BaseException:
+            if server.removed:  # removed meanwhile: its member went back to a closed pool
+                self._settle(server)
+            raise
+        if conn is not None:
             self._members.lent(conn, server)
         return conn
 

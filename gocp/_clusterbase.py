@@ -22,7 +22,10 @@ from ._errors import ClusterUnavailable, DialError, PoolClosed, PoolTimeout, des
 from ._make import Shell
 from ._stats import ClusterStats, ServerStats, retire, total
 
-__all__ = ["ClusterBase", "Reasons", "cluster_factory"]
+__all__ = ["TOOK", "ClusterBase", "Reasons", "cluster_factory", "send_step"]
+
+#: What a shell sends ``ClusterBase._steps`` when the server it tried lent a member.
+TOOK: Any = object()
 
 T = TypeVar("T")
 
@@ -55,6 +58,7 @@ class ClusterBase(Generic[T]):
         self._members: Members[Server[Any]] = Members(sockets=made.sockets)
         self._leaving: list[Server[Any]] = []  # removed, members still lent
         self._retired: dict[str, float] = {}  # counters of servers gone for good
+        self._gone: list[Any] = []  # their pools (close hooks may still run: asyncio)
         self._poker = _Poker(self)
 
     # -- the shell's part -----------------------------------------------------------
@@ -125,10 +129,11 @@ class ClusterBase(Generic[T]):
 
     def _steps(
         self, ticket: int, reasons: Reasons, *, patient: bool
-    ) -> Generator[Server[Any], BaseException | None, None]:
+    ) -> Generator[Server[Any], Any, None]:
         """One walk over the servers from ``ticket``: yields each server the balancer
-        admits; the shell tries it and sends back ``None`` (no idle member) or the
-        ``DialError``/``PoolClosed`` it raised (it stops the walk when it got a member).
+        admits; the shell tries it and sends back ``TOOK`` (it lent: the walk ends),
+        ``None`` (no idle member) or the ``DialError``/``PoolClosed`` it raised. Closed
+        while a server is being tried (the get was cancelled), it gives back the token.
         ``reasons`` says why each server could not lend."""
         balancer = self._balancer
         schedule = balancer.schedule
@@ -148,7 +153,15 @@ class ClusterBase(Generic[T]):
             if why is not None:
                 reasons[server.address] = (why, None)
                 continue
-            outcome = yield server
+            try:
+                outcome = yield server
+            except GeneratorExit:  # the get ended while trying it (cancelled, interrupted)
+                if rated:
+                    with self._lock:
+                        balancer.refund(server)
+                raise
+            if outcome is TOOK:  # it lent: the token is spent
+                return
             if outcome is None:
                 reasons[server.address] = (BUSY, None)
             elif isinstance(outcome, DialError):
@@ -263,6 +276,8 @@ class ClusterBase(Generic[T]):
             if server not in self._leaving:
                 return
             self._leaving.remove(server)
+            # Kept only while close hooks of theirs still run (asyncio), for close().
+            self._gone = [old for old in (*self._gone, pool) if getattr(old._hub, "_closes", ())]
             retire(self._retired, final)
             self._members.unregister(server)
 
@@ -320,6 +335,15 @@ class ClusterBase(Generic[T]):
         state = " closed" if self._closed else ""
         kind = f"{type(self).__module__}.{type(self).__name__}"
         return f"<{kind} {self.name} servers={len(self._balancer.servers)}{state}>"
+
+
+def send_step(steps: Generator[Server[Any], Any, None], outcome: Any) -> Server[Any] | None:
+    """Tell a walk (``ClusterBase._steps``) what trying its server gave; the next server
+    to try, or None when the walk is over."""
+    try:
+        return steps.send(outcome)
+    except StopIteration:
+        return None
 
 
 class _Poker:

@@ -54,6 +54,8 @@ class KeyedBase(Generic[T]):
             lent=_pool_has_lent, max_keys=max_keys, idle_timeout=key_idle_timeout
         )
         self._members: Members[KeyEntry[Any]] = Members(sockets=made.sockets)
+        # Out of the table, their pools being closed: still counted in the totals.
+        self._closing: list[KeyEntry[Any]] = []
 
     # -- the shell's part -----------------------------------------------------------
 
@@ -83,6 +85,7 @@ class KeyedBase(Generic[T]):
         entry, evicted = self._table.admit(key, self._clock(), self._new_pool)
         if entry is not None:
             self._members.register(entry)
+        self._closing += evicted
         return entry, evicted
 
     def _no_room(self, key: Hashable, timeout: float | None) -> PoolTimeout:
@@ -143,6 +146,7 @@ class KeyedBase(Generic[T]):
         with self._lock:
             now = self._clock()
             gone, due = self._table.sweep(now)
+            self._closing += gone
         return gone, due - now
 
     def _retire(self, entry: KeyEntry[Any], why: str | None) -> None:
@@ -150,6 +154,9 @@ class KeyedBase(Generic[T]):
         unless the keyed pool is closing (``why`` None: lent ones still come back)."""
         final = entry.pool.stats()
         with self._lock:
+            if entry not in self._closing:
+                return  # retired already
+            self._closing.remove(entry)
             retire(self._retired, final)
             if why is not None:
                 self._members.unregister(entry)
@@ -160,7 +167,9 @@ class KeyedBase(Generic[T]):
         """At close: every key, taken out (close their pools, then ``_retire`` them)."""
         with self._lock:
             self._closed = True
-            return self._table.clear()
+            gone = self._table.clear()
+            self._closing += gone
+            return gone
 
     # -- observing -------------------------------------------------------------------
 
@@ -173,6 +182,8 @@ class KeyedBase(Generic[T]):
         keys = {self._show(entry.key): entry.pool.stats() for entry in entries}
         with self._lock:
             retired = dict(self._retired)
+            for entry in self._closing:  # being closed: their counters, not their gauges
+                retire(retired, entry.pool.stats())
             table = self._table
             made, evicted, expired = table.made, table.evictions, table.expired
             waiting = self._waiting

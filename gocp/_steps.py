@@ -195,18 +195,20 @@ class HubBase:
         interrupted close is tried once more (so a close hook should be idempotent,
         as ``socket.close`` and most clients' ``close()`` are)."""
         doomed = self.core.doomed
+        if not doomed:
+            return
         while doomed:
             try:
                 conn = doomed[0]
             except IndexError:  # another thread took the last one
-                return
+                break
             del doomed[0]
             try:
                 self.close_conn(conn)
             except BaseException:
                 self.close_conn(conn)
                 raise
-        if self.core.min_idle:
+        if self.core.min_idle:  # a member lost its connection: the upkeep refills it
             self.upkeep_wake()
 
     def close_conn(self, conn: Any) -> None:

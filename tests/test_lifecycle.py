@@ -1225,3 +1225,24 @@ def test_a_pool_dropped_without_close_is_collected_and_closes_what_it_holds(
         assert all(sock.fileno() == -1 for sock in opened)
         assert wait_until(lambda: echo_server.active == 0, timeout=BOUND)
     assert wait_until(lambda: not thread.is_alive(), timeout=BOUND)
+
+
+def test_a_pool_at_rest_with_min_idle_does_not_spin(monkeypatch):
+    """Regression: a drain that closed nothing used to wake the background thread, which
+    drained again, and so on: a pool with ``min_idle`` at rest burned a CPU."""
+    from gocp._hub import Hub
+
+    passes = []
+    real = Hub.maintain
+
+    def counted(self):
+        passes.append(threading.get_ident())
+        return real(self)
+
+    monkeypatch.setattr(Hub, "maintain", counted)
+    with gocp.pool(object, size=2, min_idle=2) as pool:
+        pool.wait_ready(BOUND)
+        settled = len(passes)
+        window = threading.Event()
+        window.wait(0.3)  # a window of time to count passes in (nothing to wait for)
+        assert len(passes) - settled <= 2, f"{len(passes) - settled} passes in 0.3 s at rest"

@@ -80,6 +80,7 @@ def test_control_calls_and_stop_stay_prompt_under_sliced_traffic(
             mark = proxy.mark()
             assert timed(lambda: proxy.set_latency(0.001, direction="up")) < 0.5
             with connect(proxy) as probe:  # a new connection gets through, with the latency
+                probe.settimeout(30.0)  # its turn among 150 sliced streams, on a busy CI
                 probe.sendall(b"!")
                 assert recv_exactly(probe, 1) == b"!"
                 conn = proxy.wait_for_event("accept", after=mark).conn
