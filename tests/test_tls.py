@@ -494,3 +494,45 @@ def test_tls_hostname_is_decided_once_for_every_shell(client):
     named = gocp.Options(ssl=client, server_hostname="cache.internal")
     assert named.tls_hostname("10.0.0.7") == "cache.internal"
     assert gocp.Options(ssl=client).ssl is client
+
+
+# -- gocp.aio: the same TLS, on the loop's transports ------------------------------------
+
+
+def test_asyncio_members_speak_tls_survive_a_restart_and_name_a_bad_certificate(pki, server):
+    """``ssl=`` in ``gocp.aio`` too: a good certificate works, the member rides out a server
+    restart (the stale check sees the close), a wrong name and an unknown authority are
+    ``DialError``s that say why."""
+    import asyncio
+
+    import gocp.aio
+
+    ca, _leaf = pki
+    good = client_context(ca)
+
+    async def scenario() -> None:
+        async with gocp.aio.new(server.address, size=1, ssl=good) as pool:
+            async with pool.connection(timeout=5.0) as conn:
+                await conn.sendall(b"secret")
+                assert await conn.recv(6) == b"secret"
+                assert conn.socket is not None
+            server.restart()
+            async with pool.connection(timeout=5.0) as conn:
+                await conn.sendall(b"again")
+                assert await conn.recv(5) == b"again"
+            assert pool.stats().stale + pool.stats().broken >= 1
+        wrong = gocp.aio.new(server.address, size=1, ssl=good, server_hostname="wrong.example")
+        async with wrong:
+            conn = await wrong.get(timeout=5.0)
+            with pytest.raises(gocp.DialError, match="Hostname mismatch") as failed:
+                await conn.sendall(b"x")
+            assert isinstance(failed.value.__cause__, ssl.SSLCertVerificationError)
+            wrong.put(conn)
+        stranger = client_context(trustme.CA())
+        async with gocp.aio.new(server.address, size=1, ssl=stranger) as unknown:
+            conn = await unknown.get(timeout=5.0)
+            with pytest.raises(gocp.DialError, match="unable to get local issuer") as failed:
+                await conn.sendall(b"x")
+            unknown.put(conn)
+
+    asyncio.run(scenario())
