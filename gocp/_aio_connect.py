@@ -38,7 +38,13 @@ async def connect(
     socket; every other socket it made is closed, also when cancelled."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:  # unlike the threaded connect, the loop lets the name's resolution be bounded too
+        async with asyncio.timeout_at(loop.time() + (deadline - started)):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise timed_out(
+            host, port, allowed=deadline - started, pending=None, untried=(), failures=[]
+        ) from None
     candidates: deque[AddrInfo] = deque(order_addresses(checked_infos(host, port, infos)))
     if not candidates:
         raise OSError(f"connect to {host}:{port}: resolve returned no address")

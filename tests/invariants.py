@@ -189,13 +189,19 @@ def assert_full_pool(
         if round_trip is not None:
             deadline = time.monotonic() + recover_within
             for member in members:
+                broke = False
                 while True:
                     try:
                         round_trip(member)
                         break
-                    except (gocp.DialError, gocp.ConnectionBroken):
-                        # Recovering: a server (or a proxy healing its faults) may still
-                        # close a connection made before it came back; the member redials.
+                    except gocp.ConnectionBroken:
+                        # A connection made before the recovery may still be closed by a
+                        # proxy healing its faults, once; the member then redials. A second
+                        # break is a defect.
+                        if broke:
+                            raise
+                        broke = True
+                    except gocp.DialError:
                         if time.monotonic() >= deadline:
                             raise
                         time.sleep(0.005)  # polling with a deadline
