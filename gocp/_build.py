@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._config import Options, check_size
-from ._core import LENT, PoolCore, Slot
+from ._core import FREE_THREADED, IDLE, LENT, PoolCore, SharedCore, Slot
 from ._stats import MemberStats, PoolStats
 
 __all__ = ["broken_by", "build_core", "has_lent", "snapshot", "upkeep_cap"]
@@ -24,14 +24,17 @@ def build_core(
     sockets: bool,
     can_check: bool,
     probe_lease: float,
+    threads: bool = False,
 ) -> PoolCore[Any, Any]:
     """The core of a pool of ``size`` members made by ``make(index, overflow=False)``.
-    ``sockets``: members dial at first I/O (else in ``get``). Raises ``ValueError`` for a
+    ``sockets``: members dial at first I/O (else in ``get``); ``threads``: the thread
+    shell's, a ``SharedCore`` on a free-threaded build. Raises ``ValueError`` for a
     ``min_idle`` above ``size``."""
     size = check_size(size)
     if options.min_idle > size:
         raise ValueError(f"min_idle: must be <= size ({size}), got {options.min_idle}")
-    return PoolCore(
+    kind = SharedCore if threads and FREE_THREADED else PoolCore
+    return kind(
         [make(index) for index in range(size)],
         options,
         label=label,
@@ -100,31 +103,35 @@ def snapshot(
     def when(at: float | None) -> float | None:
         return None if at is None or at == float("-inf") else epoch + at
 
-    connected = 0
+    connected = lent = idle = 0
     members = []
     for slot in core.members:
+        # Each slot's state read once: the gauges add up even while lends and puts without
+        # the lock move slots (on a free-threaded build they run during this loop).
+        state = slot.state
+        lent += state is LENT
+        idle += state is IDLE
         live = slot.conn is not None
-        if live and slot.state is not LENT:
+        if live and state is not LENT:
             live = not stale(slot.conn)
         connected += live
         members.append(
             MemberStats(
                 index=slot.index,
-                lent=slot.state is LENT,
+                lent=state is LENT,
                 connected=live,
                 connected_at=when(slot.connected_at) if slot.conn is not None else None,
                 last_used_at=when(slot.idle_since),
                 uses=core.uses(slot),
             )
         )
-    lent = sum(1 for slot in core.members if slot.state is LENT)
     extra_lent = sum(1 for slot in core.extra if slot.state is LENT)
     closed_by = core.closed_by
     return PoolStats(
         name=name,
         address=address,
         size=len(core.members),
-        idle=len(core.idle),
+        idle=len(core.idle) if core.closed else idle,  # closed: its idle ones are closing
         in_use=lent + extra_lent,
         waiting=sum(1 for waiter in list(core.waiters) if not waiter.closed),
         connected=connected,

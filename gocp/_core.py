@@ -26,11 +26,22 @@ the other paths leave state that running them again completes (a slot's
 ``seq`` tells a lend from the next one). The shells rely on that to undo or
 finish an interrupted call; ``tests/test_interrupts.py`` interrupts them at
 every point and checks.
+
+Free-threaded builds. Without the interpreter lock, "no call in between" no
+longer makes a step atomic: threads run at once. ``SharedCore`` (which the
+thread shell uses there; see ``FREE_THREADED``) takes and gives back with
+operations that are atomic on their own and checks twice where two threads
+can cross: a lend claims an idle slot with ``deque.remove`` (only one thread
+removes it), a give_back appends to ``idle`` and then looks at ``waiters``
+while ``enqueue`` appends to ``waiters`` and then looks at ``idle`` (whichever
+comes second sees the other), and serving a waiter, which pops ``waiters``,
+happens only under the lock.
 """
 
 from __future__ import annotations
 
 import enum
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -46,19 +57,27 @@ __all__ = [
     "CHECK",
     "DIAL",
     "DRAIN",
+    "FREE_THREADED",
     "GONE",
     "IDLE",
     "LEAK",
     "LENT",
+    "SETTLE",
     "SLOW",
     "WAKE",
     "PoolCore",
+    "SharedCore",
     "Slot",
     "SlotState",
     "Waiter",
 ]
 
 _INF = float("inf")
+
+#: Whether threads run at once here (a free-threaded build, its interpreter lock off): the
+#: thread shell then uses ``SharedCore``. The lock cannot come back on by itself in a way
+#: that matters: ``SharedCore`` is correct with it too.
+FREE_THREADED: bool = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class SlotState(enum.Enum):
@@ -145,6 +164,9 @@ W = TypeVar("W", bound=Waiter)
 DRAIN: Any = object()
 #: ``give_back`` returns it when the slot must go through ``give_back_slow``, under the lock.
 SLOW: Any = object()
+#: ``SharedCore.give_back`` returns it when a waiter queued while it gave the slot back: the
+#: caller calls ``settle`` under the lock (and wakes the waiters it returns).
+SETTLE: Any = object()
 
 
 class PoolCore(Generic[S, W]):
@@ -668,12 +690,39 @@ class PoolCore(Generic[S, W]):
 
     def _take(self, slot: S) -> bool:
         """Take an idle slot for the pool itself (busy); False if it was lent meanwhile.
-        (From the check to the removal, no call: see "lending".)"""
+        (From the check to the removal, no call: see "lending". Free-threaded, a lend may
+        have removed it and not yet marked it: the removal fails then.)"""
         if slot.state is not IDLE:
             return False
-        self.idle.remove(slot)
+        try:
+            self.idle.remove(slot)
+        except ValueError:
+            return False
         slot.state = BUSY
         return True
+
+    def _claim(self) -> S | None:
+        """Under the lock: take the first idle slot off ``idle`` (not marked), or None."""
+        idle = self.idle
+        if idle:
+            slot = idle[0]
+            del idle[0]  # no call since the look: a lend without the lock cannot come between
+            return slot
+        return None
+
+    def settle(self, now: float) -> list[W]:
+        """Under the lock: serve waiters from slots left idle (when ``SharedCore.give_back``
+        returns ``SETTLE``); the waiters served, to wake."""
+        served: list[W] = []
+        waiters = self.waiters
+        while waiters and self.idle:
+            slot = self._claim()
+            if slot is None:
+                break
+            waiter = self._hand(slot, now)
+            if waiter is not None:
+                served.append(waiter)
+        return served
 
     def _lent(self) -> Iterator[S]:
         for slot in self.members:
@@ -708,11 +757,11 @@ class PoolCore(Generic[S, W]):
         self.closed = True
         for slot in (*self.members, *self.extra):
             slot.slow_at = -_INF  # lent ones (even lent from here on): closed when put back
-        idle = self.idle
-        while idle:  # one at a time, as ``lend`` takes them: lends without the lock go on
-            slot = idle[0]
-            del idle[0]
-            self.doom(slot, None)  # it stays IDLE, in no deque: a closed pool lends nothing
+        while True:  # one at a time, as ``lend`` takes them: lends without the lock go on
+            taken = self._claim()
+            if taken is None:
+                break
+            self.doom(taken, None)  # it stays IDLE, in no deque: a closed pool lends nothing
         for slot in self.members:  # one taken above by a close that was interrupted
             if slot.state is IDLE and slot.conn is not None:
                 self.doom(slot, None)
@@ -793,3 +842,84 @@ class PoolCore(Generic[S, W]):
                 f"{where(oldest.stack)}"
             )
         return PoolTimeout(text, timeout=timeout)
+
+
+class SharedCore(PoolCore[S, W]):
+    """``PoolCore`` for threads that run at once (a free-threaded build; see the module
+    docstring). Its uncontended ``lend`` and ``give_back`` still take no lock."""
+
+    def lend(self, now: float) -> S | None:
+        """As ``PoolCore.lend``; ``None`` also while callers wait (the lock serves them in
+        order), and when another thread claimed the idle slots first."""
+        if self.waiters:
+            return None
+        return self._lend_first(now, None)
+
+    def _lend_first(self, now: float, waiter: W | None) -> S | None:
+        """Claim an idle slot and mark it lent, unless a waiter other than ``waiter`` is
+        first in line."""
+        waiters = self.waiters
+        if waiters:
+            try:
+                if waiters[0] is not waiter:
+                    return None
+            except IndexError:  # served or withdrawn meanwhile, under the lock
+                pass
+        slot = self._claim()
+        if slot is None:
+            return None
+        slot.state = LENT  # no call since the claim returned: an interrupt cannot split them
+        slot.seq += 1
+        slot.lent_at = now
+        slot.pending = now >= slot.due_at
+        return slot
+
+    def _claim(self) -> S | None:
+        """Take the first idle slot off ``idle`` (not marked), or None: of two threads
+        that see it, the one whose ``deque.remove`` finds it has it."""
+        idle = self.idle
+        while idle:
+            try:
+                slot = idle[0]
+            except IndexError:  # another thread took the last one
+                return None
+            try:
+                idle.remove(slot)
+            except ValueError:  # the other thread: look again
+                continue
+            except BaseException:  # interrupted once it was removed: put it back
+                idle.appendleft(slot)
+                raise
+            return slot
+        return None
+
+    def enqueue(self, waiter: W, now: float) -> S | None:
+        """As ``PoolCore.enqueue``; after queueing, it looks at ``idle`` once more: a
+        give_back without the lock appends there and then looks at ``waiters``, so of the
+        two, whichever comes second sees the other."""
+        slot = super().enqueue(waiter, now)
+        if slot is not None:
+            return slot
+        slot = self._lend_first(now, waiter)
+        if slot is not None:  # a slot came back meanwhile: this caller is first, no wait
+            self.waiters.remove(waiter)
+            self.waits -= 1
+        return slot
+
+    def give_back(self, slot: S, now: float) -> W | None:
+        """As ``PoolCore.give_back``, but a waiter is served only under the lock: ``SLOW``
+        while anyone waits; ``SETTLE`` when a caller queued as it gave the slot back.
+        (Under the lock, from ``give_back_slow``, it never returns ``SETTLE``: callers
+        queue only under the lock.)"""
+        if slot.state is not LENT:
+            raise ValueError(f"{self.describe(slot)} is not lent (put twice?)")
+        slot.idle_since = now
+        if now >= slot.slow_at or self.waiters:
+            return SLOW  # type: ignore[no-any-return]
+        if self.timed:
+            slot.due_at = min(now + self.review_after, slot.expires_at)
+        slot.state = IDLE
+        self.idle.append(slot)
+        if self.waiters:  # queued meanwhile: it may have looked at ``idle`` before the append
+            return SETTLE  # type: ignore[no-any-return]
+        return None

@@ -48,6 +48,7 @@ class Hub(HubBase):
     __slots__ = ("closing", "ready", "worker")
 
     core: PoolCore[Any, Waiter]
+    threads = True
 
     def __init__(
         self,

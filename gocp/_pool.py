@@ -19,7 +19,7 @@ from typing import Any, Protocol, Self, TypeVar
 from ._address import AddressLike
 from ._config import Options, check_bool, check_timeout
 from ._conn import PersistentConn
-from ._core import CHECK, DIAL, LENT, SLOW, Slot
+from ._core import CHECK, DIAL, LENT, SETTLE, SLOW, Slot
 from ._errors import DialError, PoolClosed
 from ._hooks import HookConnector
 from ._hub import Connector, Hub, Waiter, format_stack
@@ -395,6 +395,8 @@ class Pool(Closing, PoolBase[T]):
             if waiter is not None:
                 if waiter is SLOW:
                     self._give_back(slot, seq, broken=False)
+                elif waiter is SETTLE:  # free-threaded: a caller queued meanwhile
+                    self._settle()
                 else:
                     waiter.lock.release()
         except BaseException as exc:
@@ -402,6 +404,12 @@ class Pool(Closing, PoolBase[T]):
                 raise  # not a member of this pool: the pool is as it was
             self._finish_put(conn, slot, seq, broken)
             raise
+
+    def _settle(self) -> None:
+        """Serve the callers that queued while a put gave a member back (``SETTLE``)."""
+        with self._lock:
+            for waiter in self._core.settle(self._clock()):
+                waiter.lock.release()
 
     def _finish_put(self, conn: Any, slot: Any, seq: int, broken: bool) -> None:
         """``put`` was interrupted: give the member back if this lend still has it

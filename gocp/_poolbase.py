@@ -92,6 +92,7 @@ class PoolBase(Generic[T]):
             sockets=sockets,
             can_check=connector.can_check,
             probe_lease=connector.probe_lease,
+            threads=hub.threads,
         )
         hub.core = core
         hub.pool_ref = weakref.ref(self)

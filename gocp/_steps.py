@@ -69,6 +69,9 @@ class HubBase:
 
     core: PoolCore[Any, Any]  # set by the pool once its members (which refer here) exist
     lock: Any  # a context manager: the pool's lock (threads), or none (asyncio)
+    #: Whether threads share the pool (the thread shell): its core is then a
+    #: ``SharedCore`` on a free-threaded build.
+    threads = False
 
     def __init__(
         self,
@@ -190,23 +193,27 @@ class HubBase:
     def drain(self) -> None:
         """Close the connections the core doomed (any thread, outside the lock).
 
-        A connection is taken off ``doomed`` and held in a local with no call in
-        between, so neither another thread nor an interrupt can come between them; an
-        interrupted close is tried once more (so a close hook should be idempotent,
-        as ``socket.close`` and most clients' ``close()`` are)."""
+        A connection is taken off ``doomed`` under the lock (threads that run at once
+        could otherwise take the same one) and held in a local with no call in between,
+        so an interrupt cannot come between them either; an interrupted close is tried
+        once more (so a close hook should be idempotent, as ``socket.close`` and most
+        clients' ``close()`` are)."""
         doomed = self.core.doomed
         if not doomed:
             return
+        lock = self.lock
         while doomed:
+            conn = None
             try:
-                conn = doomed[0]
-            except IndexError:  # another thread took the last one
-                break
-            del doomed[0]
-            try:
+                with lock:
+                    if not doomed:  # another thread took the last one
+                        break
+                    conn = doomed[0]
+                    del doomed[0]
                 self.close_conn(conn)
             except BaseException:
-                self.close_conn(conn)
+                if conn is not None:
+                    self.close_conn(conn)
                 raise
         if self.core.min_idle:  # a member lost its connection: the upkeep refills it
             self.upkeep_wake()

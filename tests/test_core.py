@@ -69,15 +69,17 @@ def make_core(
     probe_lease: float = 1.0,
     can_check: bool = True,
     check: bool = False,
+    kind: type[Core] = PoolCore,
     **options: Any,
 ) -> Core:
-    """A core over ``size`` fresh slots: a client pool (dials in lend) or a socket pool."""
+    """A core over ``size`` fresh slots: a client pool (dials in lend) or a socket pool;
+    ``kind``: the class (``SharedCore``: the free-threaded build's)."""
     if isinstance(random, (int, float)):
         values: Iterable[float] = itertools.repeat(float(random))
     else:
         values = itertools.cycle(random)
     draws = iter(values)
-    return PoolCore(
+    return kind(
         [Slot(i) for i in range(size)],
         Options.build(options, sockets=not client, check=check),
         label="t",

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import pytest
 
 import gocp
-from gocp import _core
+from gocp import _build, _core
 
 THREADS = 8
 SIZE = 2
@@ -99,7 +99,10 @@ def put_between_lend_and_enqueue(monkeypatch: pytest.MonkeyPatch, *, re_check: b
     """The interleaving a lost wake-up needs, made to happen: get finds nothing idle, and
     before it queues, another thread puts the member back (without the lock, which get
     holds: a put that needed it would deadlock here and fail the test by its timeout).
-    Returns whether that get got the member (True) or waited in vain until its timeout."""
+    Returns whether that get got the member (True) or waited in vain until its timeout.
+    (The GIL build's core, on every build: ``SharedCore`` looks once more by itself, and
+    tests/test_free_threaded.py crosses it.)"""
+    monkeypatch.setattr(_build, "FREE_THREADED", False)
     pool = gocp.pool(object, size=1)
     original = _core.PoolCore.enqueue
     holder_put = threading.Event()
