@@ -11,8 +11,8 @@
 Install the peers (and matplotlib, for ``--plot``) with ``pip install -e '.[bench]'``.
 This script is the entry point; the benchmark itself is the package ``benchkit`` beside
 it (``benchkit/__init__.py`` lists its parts), one module per scenario in
-``benchkit/scenarios/``, each described in its docstring. The targets of issues 2 and 4,
-and of the restructure's issue, "restruct", are checked at the end.
+``benchkit/scenarios/``, each described in its docstring. The targets of issues 2, 4,
+10, 11 and 13, and of the restructure's issue, "restruct", are checked at the end.
 
 - ``uncontended``: get+put, pool of 8, one thread; also ``gocp.pool`` of clients
   against psycopg_pool's pool of stand-in connections.
@@ -26,12 +26,15 @@ and of the restructure's issue, "restruct", are checked at the end.
 - ``size``: get+put on a pool of 1,000 over a pool of 8.
 - ``memory``: ``tracemalloc`` bytes per idle member holding a connected socket.
 - ``import``: wall time of ``python -c "import X"`` minus ``python -c "pass"``.
-- ``kinds``: keyed pools and clusters over a single pool of the same kind.
+- ``kinds``: every pool kind (gocp.new, gocp.pool of trivial clients, gocp.keyed,
+  gocp.cluster) over a single pool of the same members: get+put, 16 threads on 4
+  members and the echo round trip (1 and 8 threads), the last two in each placement.
 - ``tls``: the round trip over TLS, one thread, against a raw ``ssl`` socket.
 - ``aio``: gocp.aio against asyncio floors and psycopg_pool's
-  ``AsyncConnectionPool``, on asyncio's loop and uvloop.
+  ``AsyncConnectionPool``, on asyncio's loop and uvloop; its round trips in each
+  placement.
 
-Placements: the contended and round-trip runs are repeated with the benchmark's
+Placements: the contended and round-trip runs (of every scenario) are repeated with the benchmark's
 threads (and the echo server) pinned: ``one-cpu`` (all on CPU 0: the shortest round
 trip, about 8 us, so the harshest ratio), ``split`` (benchmark on CPU 0, server on
 CPU 1: a one-thread round trip waits for an idle CPU to wake, about 67 us on these
@@ -44,10 +47,10 @@ sockets inside the floor pool and the fair floor pool, which is what any shared 
 costs before doing anything of its own.
 
 ``--baseline PATH``: a directory holding the package ``gocp_before`` (gocp before the
-restructure, the same API as the old ``gocp.new``); the uncontended, contended and
-round-trip tables then get a "gocp before" row with the "gocp" row's settings, and
-the targets give "gocp vs gocp before" for uncontended get+put and every round trip
-(at most 1.05x).
+restructure, the same API as the old ``gocp.new``); the uncontended, contended,
+round-trip and memory tables then get a "gocp before" row with the "gocp" row's
+settings, and the targets give "gocp vs gocp before" for uncontended get+put and every
+round trip (at most 1.05x) and for memory per idle member (issue 13: at most +16 B).
 
 ``--plot PATH``: an SVG chart of the run: a panel per table, each row's median as a
 bar over the table's floor (1.0, the dotted line; the size table's rows are

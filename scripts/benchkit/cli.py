@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--baseline",
         metavar="PATH",
         help="a directory holding the package gocp_before (gocp before the restructure): "
-        "adds a 'gocp before' row to the uncontended, contended and round-trip tables",
+        "adds a 'gocp before' row to the uncontended, contended, round-trip and memory tables",
     )
     args = parser.parse_args(argv)
     if args.baseline is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from .echo import EchoProcess
@@ -37,20 +37,30 @@ def _pin_process(pid: int | None, cpus: frozenset[int] | None) -> None:
 
 
 @contextmanager
-def placed(placement: str, server: EchoProcess | None = None) -> Iterator[None]:
-    """Run the block with this process (and the echo server) pinned as ``placement`` says."""
+def placed(placement: str, *servers: EchoProcess) -> Iterator[None]:
+    """Run the block with this process (and the echo servers) pinned as ``placement`` says."""
     _what, client, server_cpus = PLACEMENTS[placement]
     if placement != "os" and not can_pin():
         raise RuntimeError("pinning needs os.sched_setaffinity and 2 CPUs")
     _pin_process(None, client)
-    if server is not None:
+    for server in servers:
         _pin_process(server.proc.pid, server_cpus)
     try:
         yield
     finally:
         _pin_process(None, None)
-        if server is not None:
+        for server in servers:
             _pin_process(server.proc.pid, None)
+
+
+def without_server(placements: Sequence[str]) -> list[str]:
+    """The placements of a run that talks to no echo server: all of ``placements`` but
+    ``split``, which without a server places the benchmark as ``one-cpu`` does (so
+    ``split`` alone asks for ``one-cpu``)."""
+    chosen = [p for p in placements if p != "split"]
+    if "split" in placements and "one-cpu" not in chosen:
+        chosen.insert(0, "one-cpu")
+    return chosen
 
 
 def placed_key(key: str, placement: str) -> str:

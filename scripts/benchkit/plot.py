@@ -85,9 +85,11 @@ def _scale(table: Table) -> tuple[float, str] | None:
 
 
 def _against(target: Target) -> str:
+    """What the target compares with, short: a row "fair floor: how it works" is "fair floor"."""
     if target.to is None:
         return ""
-    return {"floor": " floor", "peer": " best peer"}.get(target.to, f" {target.to}")
+    short = target.to.split(":")[0]
+    return {"floor": " floor", "peer": " best peer"}.get(target.to, f" {short}")
 
 
 def _describe(target: Target) -> str:

@@ -86,6 +86,7 @@ def target_json(target: Target) -> dict[str, Any]:
         "detail": target.detail,
         "noisy": target.noisy,
         "by_min": target.by_min,
+        "by_max": target.by_max,
         "result": target.result,
     }
 

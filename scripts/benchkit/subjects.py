@@ -159,14 +159,19 @@ def baseline() -> Any:
     return _before
 
 
+def before_subject(size: int, address: tuple[str, int] = ("127.0.0.1", 9)) -> Subject:
+    """gocp before's pool (``--baseline``), with the settings of ``gocp_subject``'s."""
+    if _before is None:
+        raise RuntimeError("no baseline: gocp before needs --baseline PATH")
+    pool = _before.new(address, size=size)
+    return Subject(BEFORE_NAME, pool.get, pool.put, pool.close)
+
+
 def gocp_subjects(
     size: int, address: tuple[str, int] = ("127.0.0.1", 9)
 ) -> list[tuple[Row, Subject]]:
     """gocp's row and, with ``--baseline``, the "gocp before" row with the same settings."""
     subjects = [(Row("gocp", "gocp"), gocp_subject(size, address))]
     if _before is not None:
-        pool = _before.new(address, size=size)
-        subjects.append(
-            (Row(BEFORE_NAME, "gocp"), Subject(BEFORE_NAME, pool.get, pool.put, pool.close))
-        )
+        subjects.append((Row(BEFORE_NAME, "gocp"), before_subject(size, address)))
     return subjects

@@ -9,7 +9,8 @@ For each event loop (asyncio's own, and uvloop when it imports), in one process:
 - 16 tasks on 4 members: each task takes a member, yields once, puts it back.
 - echo round trip, 64 bytes, 1 task and 64 tasks, against raw asyncio streams and
   raw ``sock_*`` calls (one connection per task), and gocp.aio.new with as many
-  members as tasks (and, for 1 task, 8 members lent in turn).
+  members as tasks (and, for 1 task, 8 members lent in turn), in each placement (as
+  the threaded round trips: this process and the echo server pinned).
 
 Targets (issue 11): get+put at most 1.5x the ``asyncio.Queue`` floor and at most a
 quarter of psycopg_pool's time; round trip at most 1.10x the faster raw form.
@@ -18,6 +19,7 @@ quarter of psycopg_pool's time; round trip at most 1.10x the faster raw form.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 from collections.abc import Awaitable, Callable
@@ -26,6 +28,7 @@ from typing import Any
 import gocp.aio
 
 from ..echo import MSG, EchoProcess
+from ..placement import placed, placed_key, placed_title
 from ..results import Row, Settings, Table, error_status
 from ..timing import perf
 
@@ -221,11 +224,11 @@ def together(runs: list[Run]) -> Run:
 # -- the scenario -------------------------------------------------------------------
 
 
-async def _tables(cfg: Settings, loop_name: str, address: tuple[str, int]) -> list[Table]:
+async def _pool_tables(cfg: Settings, loop_name: str) -> list[Table]:
+    """get+put, one task, and 16 tasks on 4 members, on the running loop."""
     seconds, repeats = cfg.sample, cfg.repeats
     tables = []
-    closers: list[Callable[[], Awaitable[None]]] = []
-    try:
+    async with contextlib.AsyncExitStack() as closers:
         # get+put, one task
         table = Table(
             f"aio_getput_{loop_name}",
@@ -237,17 +240,17 @@ async def _tables(cfg: Settings, loop_name: str, address: tuple[str, int]) -> li
         get, put = queue_floor(8)
         rows.append((Row("floor: asyncio.Queue", "floor"), getput(get, put)))
         sockets = gocp.aio.new(("127.0.0.1", 9), size=8)
-        closers.append(sockets.close)
+        closers.push_async_callback(sockets.close)
         rows.append(
             (Row("gocp.aio.new (members not dialled)", "gocp"), getput(sockets.get, sockets.put))
         )
         clients = gocp.aio.pool(object, size=8)
-        closers.append(clients.close)
+        closers.push_async_callback(clients.close)
         rows.append((Row("gocp.aio.pool (clients)", "gocp"), getput(clients.get, clients.put)))
         peer = Row("psycopg_pool AsyncConnectionPool", "peer")
         try:
             pg = await psycopg_async(8)
-            closers.append(pg.close)
+            closers.push_async_callback(pg.close)
             rows.append((peer, getput_async_put(pg.getconn, pg.putconn)))
         except Exception as exc:
             peer.status = f"n/a: {exc!r}"[:60]
@@ -266,92 +269,88 @@ async def _tables(cfg: Settings, loop_name: str, address: tuple[str, int]) -> li
         get, put = queue_floor(4)
         rows.append((Row("floor: asyncio.Queue", "floor"), contended(get, put, 16)))
         small = gocp.aio.pool(object, size=4)
-        closers.append(small.close)
+        closers.push_async_callback(small.close)
         rows.append((Row("gocp.aio.pool (clients)", "gocp"), contended(small.get, small.put, 16)))
         peer = Row("psycopg_pool AsyncConnectionPool", "peer")
         try:
             pg4 = await psycopg_async(4)
-            closers.append(pg4.close)
+            closers.push_async_callback(pg4.close)
             rows.append((peer, contended(pg4.getconn, pg4.putconn, 16)))
         except Exception as exc:
             peer.status = f"n/a: {exc!r}"[:60]
         table.rows += [row for row, _ in rows] + ([peer] if peer.status else [])
         await sample(rows, seconds, repeats)
         tables.append(table)
-
-        # echo round trips
-        loop = asyncio.get_running_loop()
-        for tasks in (1, 64):
-            table = Table(
-                f"aio_roundtrip_{tasks}_{loop_name}",
-                f"asyncio echo round trip, 64 B: {tasks} task{'s' if tasks > 1 else ''} "
-                f"[{loop_name}]",
-                "us/rt",
-                notes=[
-                    "one connection per task for the raw forms; floor: the faster raw form "
-                    "(shown first); us/rt = wall time / all tasks' round trips",
-                ],
-            )
-            socks = []
-            for _ in range(tasks):
-                sock = socket.create_connection(address, timeout=10.0)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setblocking(False)
-                socks.append(sock)
-            streams = []
-            for _ in range(tasks):
-                reader, writer = await asyncio.open_connection(*address)
-                writer.get_extra_info("socket").setsockopt(
-                    socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-                )
-                streams.append((reader, writer))
-            raw_sock = Row("raw sock_* calls", "info")
-            raw_stream = Row("raw asyncio streams", "info")
-            rows = [
-                (raw_sock, together([rt_sock(sock) for sock in socks])),
-                (raw_stream, together([rt_stream(r, w) for r, w in streams])),
-            ]
-            pooled = gocp.aio.new(address, size=tasks)
-            closers.append(pooled.close)
-            rows.append(
-                (Row(f"gocp.aio.new, {tasks} members", "gocp"), together([rt_pool(pooled)] * tasks))
-            )
-            if tasks == 1:
-                ring = gocp.aio.new(address, size=8)
-                closers.append(ring.close)
-                rows.append((Row("gocp.aio.new, 8 members lent in turn", "info"), rt_pool(ring)))
-            table.rows += [row for row, _ in rows]
-            try:
-                await sample(rows, cfg.rt_sample, cfg.rt_repeats)
-            finally:
-                for sock in socks:
-                    sock.close()
-                for _reader, writer in streams:
-                    writer.close()
-            # the floor: the faster raw form
-            faster = min((raw_sock, raw_stream), key=lambda row: row.median or float("inf"))
-            faster.kind = "floor"
-            table.rows.remove(faster)
-            table.rows.insert(0, faster)
-            tables.append(table)
-    finally:
-        for close in closers:
-            await close()
-        del loop
     return tables
 
 
+async def _roundtrip_table(
+    cfg: Settings, loop_name: str, address: tuple[str, int], tasks: int, placement: str
+) -> Table:
+    """The echo round trip of ``tasks`` tasks on the running loop, as ``placement`` places
+    this process and the server (the caller pins them)."""
+    table = Table(
+        placed_key(f"aio_roundtrip_{tasks}_{loop_name}", placement),
+        f"asyncio echo round trip, 64 B: {tasks} task{'s' if tasks > 1 else ''} "
+        f"[{loop_name}] {placed_title(placement)}",
+        "us/rt",
+        notes=[
+            "one connection per task for the raw forms; floor: the faster raw form "
+            "(shown first); us/rt = wall time / all tasks' round trips",
+        ],
+    )
+    async with contextlib.AsyncExitStack() as closers:
+        socks = []
+        for _ in range(tasks):
+            sock = socket.create_connection(address, timeout=10.0)
+            closers.callback(sock.close)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setblocking(False)
+            socks.append(sock)
+        streams = []
+        for _ in range(tasks):
+            reader, writer = await asyncio.open_connection(*address)
+            closers.callback(writer.close)
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            streams.append((reader, writer))
+        raw_sock = Row("raw sock_* calls", "info")
+        raw_stream = Row("raw asyncio streams", "info")
+        rows = [
+            (raw_sock, together([rt_sock(sock) for sock in socks])),
+            (raw_stream, together([rt_stream(r, w) for r, w in streams])),
+        ]
+        pooled = gocp.aio.new(address, size=tasks)
+        closers.push_async_callback(pooled.close)
+        rows.append(
+            (Row(f"gocp.aio.new, {tasks} members", "gocp"), together([rt_pool(pooled)] * tasks))
+        )
+        if tasks == 1:
+            ring = gocp.aio.new(address, size=8)
+            closers.push_async_callback(ring.close)
+            rows.append((Row("gocp.aio.new, 8 members lent in turn", "info"), rt_pool(ring)))
+        table.rows += [row for row, _ in rows]
+        await sample(rows, cfg.rt_sample, cfg.rt_repeats)
+    # the floor: the faster raw form
+    faster = min((raw_sock, raw_stream), key=lambda row: row.median or float("inf"))
+    faster.kind = "floor"
+    table.rows.remove(faster)
+    table.rows.insert(0, faster)
+    return table
+
+
 def run(cfg: Settings) -> list[Table]:
-    """The ``aio`` tables, for each event loop."""
+    """The ``aio`` tables, for each event loop; the round trips in each placement."""
     server = EchoProcess(cfg.server)
     tables: list[Table] = []
     try:
         for name, factory in loops():
-            runner = asyncio.Runner(loop_factory=factory)
-            try:
-                tables += runner.run(_tables(cfg, name, server.address))
-            finally:
-                runner.close()
+            with asyncio.Runner(loop_factory=factory) as runner:
+                tables += runner.run(_pool_tables(cfg, name))
+                for placement in cfg.placements:
+                    with placed(placement, server):
+                        for tasks in (1, 64):
+                            table = _roundtrip_table(cfg, name, server.address, tasks, placement)
+                            tables.append(runner.run(table))
     finally:
         server.close()
     return tables

@@ -5,8 +5,9 @@ operation counts, the worst and 99th-percentile wait in ``get`` (a separate run
 that times each get), and a first-come-first-served check (8 callers queue one
 by one on an exhausted pool, then each takes a member, puts it back and asks
 again: a FCFS pool serves 0..7 then 0..7; a pool that lets the returning caller
-barge ahead serves it twice in a row). Repeated in each placement but ``split``
-(without an echo server it places the benchmark as ``one-cpu`` does).
+barge ahead serves it twice in a row); "x fair": over the fair floor. Repeated in
+each placement but ``split`` (without an echo server it places the benchmark as
+``one-cpu`` does). ``new_table`` and ``measure`` serve the ``kinds`` scenario too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from itertools import repeat
 
 from ..peers import peer_rows
-from ..placement import placed, placed_key, placed_title
+from ..placement import placed, placed_key, placed_title, without_server
 from ..results import Row, Settings, Table, error_status
 from ..subjects import (
     FAIR_FLOOR_NAME,
@@ -125,31 +126,25 @@ def fcfs_check(subject: Subject, size: int, callers: int = 8, gap: float = 0.005
     return "yes" if not wrong else f"no ({wrong}/{len(expected)} out of turn)"
 
 
-def run(cfg: Settings) -> list[Table]:
-    # Without an echo server "split" places the benchmark as "one-cpu" does.
-    placements = [p for p in cfg.placements if p != "split"]
-    if "split" in cfg.placements and "one-cpu" not in placements:
-        placements.insert(0, "one-cpu")
-    tables = []
-    for placement in placements:
-        with placed(placement):
-            tables.append(contended_table(cfg, placement))
-    return tables
+#: The contended runs: this many threads share a pool of SIZE members.
+THREADS, SIZE = 16, 4
 
 
-def contended_table(cfg: Settings, placement: str) -> Table:
-    threads, size = 16, 4
-    table = Table(
-        placed_key("contended", placement),
-        f"{threads} threads sharing a pool of {size}: get+put, wall time per operation "
-        + placed_title(placement),
+def new_table(cfg: Settings, key: str, title: str, placement: str, notes: list[str]) -> Table:
+    """An empty contended table: placed ``key``, ``title`` with the placement, ``notes``
+    then the method's notes, and the columns ``measure`` fills."""
+    return Table(
+        placed_key(key, placement),
+        f"{title} {placed_title(placement)}",
         "us/op",
         notes=[
+            *notes,
             f"{cfg.repeats} samples of {cfg.contended_seconds:.2f} s per subject, gc off; "
             "us/op = wall time / all threads' operations; switch interval "
             f"{sys.getswitchinterval() * 1000:g} ms",
             "jain: fairness of per-thread op counts (1 = even); worst/p99: wait in get, "
-            f"from {cfg.fairness_runs} run(s) timing each get; fcfs: queue-order check",
+            f"from {cfg.fairness_runs} run(s) timing each get; fcfs: queue-order check; "
+            "x fair: over the fair floor",
         ],
         columns=[
             ("mops", "Mop/s", ".3f"),
@@ -157,37 +152,37 @@ def contended_table(cfg: Settings, placement: str) -> Table:
             ("worst_ms", "worst ms", ".2f"),
             ("p99_us", " p99 us", ".1f"),
             ("fcfs", "fcfs", ""),
+            ("x_fair", "x fair", ".2f"),
         ],
     )
-    subjects: list[tuple[Row, Subject]] = [
-        (Row(FLOOR_NAME, "floor"), floor_subject(size)),
-        (Row(FAIR_FLOOR_NAME, "info"), fair_floor_subject(size)),
-        *gocp_subjects(size),
-    ]
-    table.rows += [row for row, _subject in subjects]
-    subjects += peer_rows(table, lambda p: [p.dummy(size)], lambda p: p.no_waiting)
+
+
+def measure(cfg: Settings, table: Table, subjects: list[tuple[Row, Subject]]) -> None:
+    """THREADS threads on each subject (a pool of SIZE): warm-up and the FCFS check, then
+    ``cfg.repeats`` interleaved samples and the timed-get runs, into the subjects' rows
+    (already in ``table``); closes every subject."""
     live = []
     try:
         for row, subject in subjects:
             try:
                 for _ in range(100):
                     subject.put(subject.get())
-                run_threads(subject, threads, min(0.05, cfg.contended_seconds), False)
-                row.extra["fcfs"] = fcfs_check(subject, size)
+                run_threads(subject, THREADS, min(0.05, cfg.contended_seconds), False)
+                row.extra["fcfs"] = fcfs_check(subject, SIZE)
             except Exception as exc:
                 row.status = error_status(exc)
                 continue
             live.append((row, subject))
         for _ in range(cfg.repeats):
             for row, subject in live:
-                counts, wall, _ = run_threads(subject, threads, cfg.contended_seconds, False)
+                counts, wall, _ = run_threads(subject, THREADS, cfg.contended_seconds, False)
                 total = sum(counts)
                 row.samples.append(wall / total * 1e6)
                 row.extra.setdefault("_mops", []).append(total / wall / 1e6)
                 row.extra.setdefault("_jain", []).append(jain(counts))
         for _ in range(cfg.fairness_runs):
             for row, subject in live:
-                _, _, waits = run_threads(subject, threads, cfg.contended_seconds, True)
+                _, _, waits = run_threads(subject, THREADS, cfg.contended_seconds, True)
                 waits.sort()
                 worst = row.extra.get("worst_ms", 0.0)
                 row.extra["worst_ms"] = max(worst, waits[-1] * 1000)
@@ -195,11 +190,34 @@ def contended_table(cfg: Settings, placement: str) -> Table:
                 row.extra.setdefault("_p99", []).append(p99)
     finally:
         close_all(subjects)
+    fair = table.row(FAIR_FLOOR_NAME)
     for row in table.rows:
         if "_mops" in row.extra:
             mops = row.extra.pop("_mops")
             row.extra["mops"] = statistics.median(mops)
             row.extra["jain"] = statistics.median(row.extra.pop("_jain"))
+            row.extra["x_fair"] = table.ratio(row, fair)
         if "_p99" in row.extra:
             row.extra["p99_us"] = statistics.median(row.extra.pop("_p99"))
+
+
+def run(cfg: Settings) -> list[Table]:
+    tables = []
+    for placement in without_server(cfg.placements):
+        with placed(placement):
+            tables.append(contended_table(cfg, placement))
+    return tables
+
+
+def contended_table(cfg: Settings, placement: str) -> Table:
+    title = f"{THREADS} threads sharing a pool of {SIZE}: get+put, wall time per operation"
+    table = new_table(cfg, "contended", title, placement, [])
+    subjects: list[tuple[Row, Subject]] = [
+        (Row(FLOOR_NAME, "floor"), floor_subject(SIZE)),
+        (Row(FAIR_FLOOR_NAME, "info"), fair_floor_subject(SIZE)),
+        *gocp_subjects(SIZE),
+    ]
+    table.rows += [row for row, _subject in subjects]
+    subjects += peer_rows(table, lambda p: [p.dummy(SIZE)], lambda p: p.no_waiting)
+    measure(cfg, table, subjects)
     return table

@@ -1,6 +1,6 @@
 """``memory``: ``tracemalloc`` bytes per idle member of a pool whose members hold a
 connected socket (1,000 members; ``--quick``: 200), minus the bytes per raw connected
-socket."""
+socket; with ``--baseline``, gocp before's too (issue 13: unchanged)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 from ..echo import close_socks, make_sock, shared_echo
 from ..peers import PEERS, Peer
 from ..results import Row, Settings, Table, error_status
-from ..subjects import Subject, gocp_subject
+from ..subjects import BEFORE_NAME, Subject, baseline, before_subject, gocp_subject
 
 
 def _traced(build: Callable[[], Any]) -> tuple[float, Any]:
@@ -84,6 +84,9 @@ def run(cfg: Settings) -> list[Table]:
         (Row("floor: raw connected socket", "floor"), raw, close_socks),
         (Row("gocp", "gocp"), pooled(lambda n: gocp_subject(n, address)), close_subject),
     ]
+    if baseline() is not None:
+        before = pooled(lambda n: before_subject(n, address))
+        candidates.append((Row(BEFORE_NAME, "gocp"), before, close_subject))
     for peer in PEERS:
         why = peer.missing() or peer.no_sockets
         if why:
