@@ -779,7 +779,11 @@ async def test_idle_timeout_closes_idle_clients_in_the_background(shell: Shell) 
         for client in first:
             pool.put(client)
         clock.advance(10.5)
-        await until(lambda: pool.stats().closed_idle == 2, "both idle clients closed")
+        # counted when doomed, closed just after (outside the lock): wait for both
+        await until(
+            lambda: pool.stats().closed_idle == 2 and len(hooks.closed) == 2,
+            "both idle clients closed",
+        )
         assert sorted(c.number for c in hooks.closed) == [1, 2]
         assert gauges(pool) == (2, 0, 0, 2)
         assert pool.stats().connected == 0
