@@ -90,10 +90,11 @@ class SocketMember(Slot):
     def _probe(self) -> Any:
         """This lend's first operation: its socket if the peer has not closed it (else
         it is replaced: nothing of this lend was sent, so that is safe); None: dial one."""
-        if self.state is not LENT and self.state is not BUSY:
+        state = self.state
+        if state is not LENT and state is not BUSY:
             raise ValueError(f"{self!r} is not lent: get it from the pool before using it")
         sock: Any = self.conn
-        if self.state is BUSY and (sock is None or self._connector.stale(sock)):
+        if state is BUSY and (sock is None or self._connector.stale(sock)):
             # A background check: a dead connection fails it; redialling is not its job.
             raise ConnectionBroken(
                 f"{self._connector.label}: the checked connection is gone",

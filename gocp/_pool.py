@@ -369,7 +369,6 @@ class Pool(Closing, PoolBase[T]):
             if slot._hub is not self._hub:
                 raise ValueError(f"conn: {conn!r} belongs to another pool, not {self!r}")
         seq = -1 if slot is None else slot.seq
-        lock = self._lock
         try:
             if slot is None:  # a client: found by identity
                 slot = self._core.by_conn.get(id(conn))
@@ -385,7 +384,7 @@ class Pool(Closing, PoolBase[T]):
                 if slot._dirty and not slot._end_lend():
                     broken = True
             if broken:
-                with lock:
+                with self._lock:
                     if slot.state is LENT and slot.seq == seq:
                         self._core.broke(slot)
                 self._hub.drain()

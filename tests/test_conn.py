@@ -541,6 +541,50 @@ def test_io_timeout_on_a_stalled_send():
         listener.close()
 
 
+def test_a_send_that_does_not_fit_goes_out_in_part_then_waits_within_io_timeout():
+    """A plain socket's send writes its descriptor at once (one system call, no poll
+    first); what does not fit waits for room through the socket, within io_timeout."""
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with (
+            gocp.new(listener.getsockname(), size=1, io_timeout=0.2) as pool,
+            lent(pool) as conn,
+        ):
+            assert conn.send(b"abc") == 3  # connects, then fits at once
+            sent = conn.send(b"x" * (64 << 20))
+            assert 0 < sent < 64 << 20  # what fitted in the buffers, without waiting
+            started = time.monotonic()
+            with pytest.raises(gocp.IOTimeout):
+                conn.sendall(b"x" * (64 << 20))
+            assert time.monotonic() - started < 5
+            assert not conn.connected
+    finally:
+        listener.close()
+
+
+def test_a_socket_its_holder_closed_is_never_written_through_its_old_descriptor(echo_server):
+    with gocp.new(echo_server.address, size=1) as pool, lent(pool) as conn:
+        conn.sendall(b"x")
+        assert conn.recv(1) == b"x"
+        sock = conn.socket
+        number = sock.fileno()
+        sock.close()  # misuse (the docs say put it back broken); the number is free now
+        newcomer, other = socket.socketpair()  # the lowest free numbers: one takes it
+        try:
+            assert number in (newcomer.fileno(), other.fileno())
+            with pytest.raises(gocp.ConnectionBroken):
+                conn.sendall(b"not for the newcomer")
+            for end in (newcomer, other):
+                end.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    end.recv(64)  # nothing was written to the socket that took the number
+        finally:
+            newcomer.close()
+            other.close()
+
+
 # -- abort ---------------------------------------------------------------------------------
 
 
