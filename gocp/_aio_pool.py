@@ -258,14 +258,14 @@ class AioPool(PoolBase[T]):
 
     def _return(self, conn: Any, exc: BaseException | None) -> None:
         """Put back at the end of an ``async with`` block, by ``Pool.connection``'s rule."""
-        self.put(conn, self._broken_by(conn, exc))
+        self.put(conn, exc is not None and self._broken_by(conn, exc))
 
     def connection(
         self, timeout: float | None = None, *, fresh: bool = False, connect: bool = False
     ) -> AioLend[T]:
         """``async with pool.connection() as conn:``: get, and put back after (broken if
         the block raised what ``broken_on`` accepts, after I/O for sockets)."""
-        return AioLend(self, None, timeout, fresh=fresh, connect=connect)
+        return AioLend(self, None, timeout, fresh, connect)
 
     async def _lend(self, key: Any, timeout: float | None, fresh: bool, connect: bool) -> T:
         return await self.get(timeout, fresh=fresh, connect=connect)

@@ -54,11 +54,10 @@ class PersistentConn(SocketMember):
     """
 
     __module__ = "gocp"
-    __slots__ = ("_fd",)
+    __slots__ = ()
 
     _hub: Hub
     _io: Socket | None
-    _fd: int  # the plain socket's descriptor, set with ``_io`` (-1: use ``sock.send``)
 
     # -- what the caller sees -------------------------------------------------
 
@@ -81,7 +80,6 @@ class PersistentConn(SocketMember):
         if sock is None:
             sock = self._start()
         self._dirty |= SOCKET_TAKEN
-        self._fd = -1  # its holder may close it: this lend's sends go through the socket
         return sock
 
     def __repr__(self) -> str:
@@ -115,17 +113,19 @@ class PersistentConn(SocketMember):
         except OSError as exc:
             raise self._broke("sendall", exc)  # noqa: B904 (_broke sets the cause)
 
-    def _send_once(self, sock: Socket, data: ReadableBuffer) -> int:
+    @staticmethod
+    def _send_once(sock: Socket, data: ReadableBuffer) -> int:
         """Send what the socket takes now, in one system call where it can.
 
         A socket with a timeout polls before every send (two system calls); the socket
         is non-blocking underneath, so a write to its descriptor sends at once whatever
         fits in the send buffer, and only a full buffer waits, through the socket, within
-        its timeout. (A socket without a timeout blocks in the write, as in ``send``.)"""
-        fd = self._fd
-        if fd >= 0:
+        its timeout. (A socket without a timeout blocks in the write, as in ``send``.) The
+        descriptor is asked for each time: a socket its holder closed has none (-1), and
+        the write fails, where a number kept from before could name another file."""
+        if _WRITE_FD and sock.__class__ is Socket:  # TLS goes through its socket
             try:
-                return _write(fd, data)
+                return _write(sock.fileno(), data)
             except BlockingIOError:  # the send buffer is full: wait for room, bounded
                 pass
         return sock.send(data)
@@ -197,8 +197,5 @@ class PersistentConn(SocketMember):
             sock = self._hub.dial(self)
             if self._dirty & TIMEOUT_CHANGED:
                 sock.settimeout(self._timeout)
-        # A plain socket's sends go to its descriptor (see _send_once); TLS goes through
-        # its socket.
-        self._fd = sock.fileno() if _WRITE_FD and sock.__class__ is Socket else -1
         self._io = sock
         return sock

