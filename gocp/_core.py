@@ -11,7 +11,8 @@ under its own lock and does the waiting and the I/O around it.
 Invariants: a slot is idle (in ``idle``, in return order), lent (to a caller,
 or handed to a waiter), busy (taken by the pool for a check or a background
 dial) or gone (a retired overflow slot); while a caller waits no member is
-idle (a slot given back goes straight to the first waiter); ``members`` never
+idle (a slot given back goes straight to the first waiter; with ``SharedCore``,
+until the put that crossed the queueing caller settles); ``members`` never
 changes; a connection leaves a slot only through ``doomed`` (to be closed) or
 ``released`` (after a fork, dropped without I/O).
 
@@ -165,7 +166,8 @@ DRAIN: Any = object()
 #: ``give_back`` returns it when the slot must go through ``give_back_slow``, under the lock.
 SLOW: Any = object()
 #: ``SharedCore.give_back`` returns it when a waiter queued while it gave the slot back: the
-#: caller calls ``settle`` under the lock (and wakes the waiters it returns).
+#: caller calls ``settle_one`` under the lock until it returns ``None`` (waking each waiter
+#: it returns).
 SETTLE: Any = object()
 
 
@@ -212,6 +214,7 @@ class PoolCore(Generic[S, W]):
         self.extra: dict[S, None] = {}  # overflow slots now open (a dict: no call to add one)
         self.closed = False
         self.doomed: deque[Any] = deque()  # connections to close, outside the lock
+        self.dooming: S | None = None  # the idle slot a close is dooming (see _doom_idle)
         self.released: list[Any] = []  # inherited connections dropped without I/O (fork)
         self.by_conn: dict[int, S] = {}  # id(connection) -> slot, for put(client)
         self.connected = 0  # members with a connection (overflow ones are not members)
@@ -710,19 +713,45 @@ class PoolCore(Generic[S, W]):
             return slot
         return None
 
-    def settle(self, now: float) -> list[W]:
-        """Under the lock: serve waiters from slots left idle (when ``SharedCore.give_back``
-        returns ``SETTLE``); the waiters served, to wake."""
-        served: list[W] = []
+    def _lend_first(self, now: float, waiter: W | None) -> S | None:
+        """Claim an idle slot and mark it lent, unless a waiter other than ``waiter`` is
+        first in line."""
         waiters = self.waiters
-        while waiters and self.idle:
-            slot = self._claim()
-            if slot is None:
-                break
-            waiter = self._hand(slot, now)
-            if waiter is not None:
-                served.append(waiter)
-        return served
+        if waiters:
+            try:
+                if waiters[0] is not waiter:
+                    return None
+            except IndexError:  # served or withdrawn meanwhile, under the lock
+                pass
+        slot = self._claim()
+        if slot is None:
+            return None
+        slot.state = LENT  # no call since the claim returned: an interrupt cannot split them
+        slot.seq += 1
+        slot.lent_at = now
+        slot.pending = now >= slot.due_at
+        return slot
+
+    def settle_one(self, now: float) -> W | None:
+        """Under the lock, after a ``give_back`` that returned ``SETTLE`` (or one that was
+        interrupted): serve the first waiter from an idle slot and return it (to wake),
+        or ``None`` when nobody waits or nothing is idle. One at a time, the claim and
+        the hand-off with no call between them, so an interrupt loses neither. In a
+        closed pool, dooms what a put crossing ``close`` left idle (then ``None``)."""
+        if self.closed:
+            self._doom_idle()
+            return None
+        waiters = self.waiters
+        if not waiters:
+            return None
+        waiter = waiters[0]
+        slot = self._lend_first(now, waiter)
+        if slot is None:
+            return None
+        del waiters[0]  # under the lock nothing else takes from ``waiters``
+        waiter.slot = slot
+        self.wait_time += now - waiter.since
+        return waiter
 
     def _lent(self) -> Iterator[S]:
         for slot in self.members:
@@ -757,15 +786,24 @@ class PoolCore(Generic[S, W]):
         self.closed = True
         for slot in (*self.members, *self.extra):
             slot.slow_at = -_INF  # lent ones (even lent from here on): closed when put back
-        while True:  # one at a time, as ``lend`` takes them: lends without the lock go on
-            taken = self._claim()
-            if taken is None:
-                break
-            self.doom(taken, None)  # it stays IDLE, in no deque: a closed pool lends nothing
-        for slot in self.members:  # one taken above by a close that was interrupted
-            if slot.state is IDLE and slot.conn is not None:
-                self.doom(slot, None)
+        self._doom_idle()
         return [waiter for waiter in list(self.waiters) if not waiter.closed]
+
+    def _doom_idle(self) -> None:
+        """Doom the connection of every idle slot (the pool is closed); each stays IDLE,
+        in no deque: a closed pool lends nothing. One at a time, as ``lend`` takes them
+        (lends without the lock go on). The slot being doomed is kept in ``dooming``, so
+        running it again after an interrupt finishes that one, and no other: a slot a
+        lend without the lock has claimed but not yet marked is not the close's."""
+        while True:
+            slot = self.dooming
+            if slot is None:
+                slot = self._claim()
+                if slot is None:
+                    return
+                self.dooming = slot  # no call since the claim returned
+            self.doom(slot, None)
+            self.dooming = None
 
     def after_fork(self, *, release_lent: bool) -> None:
         """In a forked child only the forking thread is left. Every connection was the
@@ -855,25 +893,6 @@ class SharedCore(PoolCore[S, W]):
             return None
         return self._lend_first(now, None)
 
-    def _lend_first(self, now: float, waiter: W | None) -> S | None:
-        """Claim an idle slot and mark it lent, unless a waiter other than ``waiter`` is
-        first in line."""
-        waiters = self.waiters
-        if waiters:
-            try:
-                if waiters[0] is not waiter:
-                    return None
-            except IndexError:  # served or withdrawn meanwhile, under the lock
-                pass
-        slot = self._claim()
-        if slot is None:
-            return None
-        slot.state = LENT  # no call since the claim returned: an interrupt cannot split them
-        slot.seq += 1
-        slot.lent_at = now
-        slot.pending = now >= slot.due_at
-        return slot
-
     def _claim(self) -> S | None:
         """Take the first idle slot off ``idle`` (not marked), or None: of two threads
         that see it, the one whose ``deque.remove`` finds it has it."""
@@ -902,7 +921,7 @@ class SharedCore(PoolCore[S, W]):
             return slot
         slot = self._lend_first(now, waiter)
         if slot is not None:  # a slot came back meanwhile: this caller is first, no wait
-            self.waiters.remove(waiter)
+            del self.waiters[0]  # it is this waiter (a statement: no interrupt lands here)
             self.waits -= 1
         return slot
 
@@ -920,6 +939,8 @@ class SharedCore(PoolCore[S, W]):
             slot.due_at = min(now + self.review_after, slot.expires_at)
         slot.state = IDLE
         self.idle.append(slot)
-        if self.waiters:  # queued meanwhile: it may have looked at ``idle`` before the append
+        if self.waiters or self.closed:
+            # A caller queued, or the pool closed, meanwhile: it may have looked at
+            # ``idle`` before the append (``settle_one`` serves it, or dooms the slot).
             return SETTLE  # type: ignore[no-any-return]
         return None

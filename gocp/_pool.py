@@ -345,6 +345,9 @@ class Pool(Closing, PoolBase[T]):
                 if broken:
                     self._core.broke(slot)
                 self._hub.wake(self._core.give_back_slow(slot, self._clock()))
+            # A put interrupted after it gave the member back, before it settled (see
+            # SETTLE): what it crossed is served here. (Nothing to do on the GIL build.)
+            self._settle()
         self._hub.drain()
 
     def put(self, conn: T, broken: bool = False) -> None:
@@ -395,7 +398,9 @@ class Pool(Closing, PoolBase[T]):
                 if waiter is SLOW:
                     self._give_back(slot, seq, broken=False)
                 elif waiter is SETTLE:  # free-threaded: a caller queued meanwhile
-                    self._settle()
+                    with self._lock:
+                        self._settle()
+                    self._hub.drain()
                 else:
                     waiter.lock.release()
         except BaseException as exc:
@@ -405,10 +410,15 @@ class Pool(Closing, PoolBase[T]):
             raise
 
     def _settle(self) -> None:
-        """Serve the callers that queued while a put gave a member back (``SETTLE``)."""
-        with self._lock:
-            for waiter in self._core.settle(self._clock()):
-                waiter.lock.release()
+        """Serve the callers that queued while a put gave a member back, or close what a
+        put crossing ``close`` left idle (``SETTLE``). Under the lock."""
+        core = self._core
+        now = self._clock()
+        while True:  # one at a time (see PoolCore.settle_one)
+            waiter = core.settle_one(now)
+            if waiter is None:
+                break
+            waiter.lock.release()
 
     def _finish_put(self, conn: Any, slot: Any, seq: int, broken: bool) -> None:
         """``put`` was interrupted: give the member back if this lend still has it

@@ -541,9 +541,17 @@ def test_io_timeout_on_a_stalled_send():
         listener.close()
 
 
-def test_a_send_that_does_not_fit_goes_out_in_part_then_waits_within_io_timeout():
+def test_a_send_that_does_not_fit_goes_out_in_part_then_waits_within_io_timeout(monkeypatch):
     """A plain socket's send writes its descriptor at once (one system call, no poll
     first); what does not fit waits for room through the socket, within io_timeout."""
+    writes: list[int] = []
+    write = gocp._conn._write
+
+    def counted(fd: int, data: bytes) -> int:
+        writes.append(fd)
+        return write(fd, data)
+
+    monkeypatch.setattr(gocp._conn, "_write", counted)
     listener = socket.socket()
     try:
         listener.bind(("127.0.0.1", 0))
@@ -553,11 +561,12 @@ def test_a_send_that_does_not_fit_goes_out_in_part_then_waits_within_io_timeout(
             lent(pool) as conn,
         ):
             assert conn.send(b"abc") == 3  # connects, then fits at once
+            assert writes == [conn.socket.fileno()]  # through the descriptor
             sent = conn.send(b"x" * (64 << 20))
             assert 0 < sent < 64 << 20  # what fitted in the buffers, without waiting
             started = time.monotonic()
             with pytest.raises(gocp.IOTimeout):
-                conn.sendall(b"x" * (64 << 20))
+                conn.sendall(b"x" * (64 << 20))  # the buffers are full: it waits, bounded
             assert time.monotonic() - started < 5
             assert not conn.connected
     finally:

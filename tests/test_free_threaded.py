@@ -22,7 +22,7 @@ import gocp
 import gocp.aio
 from gocp import _build
 from gocp._core import FREE_THREADED, IDLE, LENT, SETTLE, SLOW, PoolCore, SharedCore, Slot
-from tests.test_core import Waiter, make_core
+from tests.test_core import Waiter, connected, drain, make_core
 from tests.test_lockfree import SIZE, hammer
 
 pytestmark = pytest.mark.timeout(30)
@@ -83,7 +83,8 @@ def test_a_put_that_crosses_a_queueing_get_says_settle_and_settle_serves_it() ->
     assert list(core.idle) == [slot]
     assert list(core.waiters) == [waiter]
     assert outcome is SETTLE  # ...unless the put's second look catches it
-    assert core.settle(3.0) == [waiter]
+    assert core.settle_one(3.0) is waiter
+    assert core.settle_one(3.0) is None
     assert waiter.slot is slot
     assert slot.state is LENT
     assert not core.idle
@@ -119,7 +120,8 @@ def test_a_get_first_in_line_is_not_overtaken_but_a_later_one_waits_its_turn() -
     first.state = IDLE
     assert core.lend(1.0) is None  # a new caller does not pass the queue
     assert core.enqueue(late, 1.0) is None  # nor does a second waiter
-    assert core.settle(2.0) == [early]  # the first in line gets it
+    assert core.settle_one(2.0) is early  # the first in line gets it
+    assert core.settle_one(2.0) is None
     assert early.slot is first
     assert list(core.waiters) == [late]
     assert core.give_back(second, 3.0) is SLOW  # a waiter: served under the lock
@@ -237,3 +239,48 @@ def poll_until(done: Callable[[], bool], seconds: float = 10.0) -> None:
     while not done():
         assert time.monotonic() < deadline, "never happened"
         time.sleep(0.001)
+
+
+def test_a_put_that_crosses_close_says_settle_and_settling_closes_the_member() -> None:
+    """close empties ``idle`` between the put's looks and its append: without a second
+    look the closed pool would keep an idle member with an open connection."""
+    core = make_core(1, kind=SharedCore)
+    (slot,) = connected(core)
+    held = core.lend(1.0)
+    assert held is slot
+    conn = slot.conn
+    core.idle = Crossing(core.idle, "append", core.close)
+
+    outcome = core.give_back(slot, 2.0)
+
+    assert outcome is SETTLE
+    assert core.settle_one(3.0) is None
+    assert drain(core) == [conn]  # closed, as close would have
+    assert not core.idle
+    assert core.lend(4.0) is None  # a closed pool lends nothing
+
+
+def test_close_run_again_finishes_its_own_slot_and_no_other() -> None:
+    """An interrupted close is finished by running it again; it must not take a slot
+    that a lend without the lock removed from ``idle`` and has not marked yet."""
+    core = make_core(2, kind=SharedCore)
+    first, second = connected(core)
+    interrupted = []
+    original = core.doom
+
+    def doom_once(slot: Slot, reason: str | None) -> None:
+        if not interrupted:
+            interrupted.append(slot)
+            raise KeyboardInterrupt  # at doom's entry, the slot claimed by close
+        original(slot, reason)
+
+    core.doom = doom_once  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        core.close()
+    assert interrupted == [first]
+    assert core.dooming is first
+    core.idle.remove(second)  # a lend claimed it, and will mark it lent
+    core.close()
+    assert first.conn is None  # the interrupted close's slot: finished
+    assert second.conn is not None  # the lend's: untouched
+    assert core.dooming is None

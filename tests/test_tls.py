@@ -76,6 +76,17 @@ def test_a_good_certificate_works_and_the_member_is_a_tls_socket(server, client)
     assert server.handshakes == 1
 
 
+def test_tls_never_writes_the_descriptor_under_the_tls_layer(server, client, monkeypatch):
+    """A plain socket's sends go straight to its descriptor; a TLS one's must not."""
+
+    def forbidden(fd: int, data: bytes) -> int:
+        raise AssertionError("clear text written under TLS")
+
+    monkeypatch.setattr(gocp._conn, "_write", forbidden)
+    with tls_pool(server, client) as pool, pool.connection() as conn:
+        assert round_trip(conn, b"sealed") == b"sealed"
+
+
 def test_server_hostname_defaults_to_the_address_host(pki):
     ca, _ = pki
     named = ca.issue_cert("localhost")  # a name only: an IP address would not match it
