@@ -518,8 +518,10 @@ def test_io_timeout_none_means_blocking(echo_server):
         assert conn.socket.gettimeout() is None
 
 
-def test_io_timeout_on_a_stalled_send():
-    # A peer whose connection is never accepted never reads: the buffers fill up.
+@contextlib.contextmanager
+def never_read() -> Iterator[gocp.PersistentConn]:
+    """A member (io_timeout 0.2 s) whose peer never accepts, so never reads: the buffers
+    fill up."""
     listener = socket.socket()
     try:
         listener.bind(("127.0.0.1", 0))
@@ -528,17 +530,22 @@ def test_io_timeout_on_a_stalled_send():
             gocp.new(listener.getsockname(), size=1, io_timeout=0.2) as pool,
             lent(pool) as conn,
         ):
-            conn.sendall(b"")  # connect
-            sock = conn.socket
-            assert sock is not None
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            started = time.monotonic()
-            with pytest.raises(gocp.IOTimeout):
-                conn.sendall(b"x" * (64 << 20))
-            assert time.monotonic() - started < 5
-            assert not conn.connected
+            yield conn
     finally:
         listener.close()
+
+
+def test_io_timeout_on_a_stalled_send():
+    with never_read() as conn:
+        conn.sendall(b"")  # connect
+        sock = conn.socket
+        assert sock is not None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        started = time.monotonic()
+        with pytest.raises(gocp.IOTimeout):
+            conn.sendall(b"x" * (64 << 20))
+        assert time.monotonic() - started < 5
+        assert not conn.connected
 
 
 def test_a_send_that_does_not_fit_goes_out_in_part_then_waits_within_io_timeout(monkeypatch):
@@ -552,25 +559,16 @@ def test_a_send_that_does_not_fit_goes_out_in_part_then_waits_within_io_timeout(
         return write(fd, data)
 
     monkeypatch.setattr(gocp._conn, "_write", counted)
-    listener = socket.socket()
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        with (
-            gocp.new(listener.getsockname(), size=1, io_timeout=0.2) as pool,
-            lent(pool) as conn,
-        ):
-            assert conn.send(b"abc") == 3  # connects, then fits at once
-            assert writes == [conn.socket.fileno()]  # through the descriptor
-            sent = conn.send(b"x" * (64 << 20))
-            assert 0 < sent < 64 << 20  # what fitted in the buffers, without waiting
-            started = time.monotonic()
-            with pytest.raises(gocp.IOTimeout):
-                conn.sendall(b"x" * (64 << 20))  # the buffers are full: it waits, bounded
-            assert time.monotonic() - started < 5
-            assert not conn.connected
-    finally:
-        listener.close()
+    with never_read() as conn:
+        assert conn.send(b"abc") == 3  # connects, then fits at once
+        assert writes == [conn.socket.fileno()]  # through the descriptor
+        sent = conn.send(b"x" * (64 << 20))
+        assert 0 < sent < 64 << 20  # what fitted in the buffers, without waiting
+        started = time.monotonic()
+        with pytest.raises(gocp.IOTimeout):
+            conn.sendall(b"x" * (64 << 20))  # the buffers are full: it waits, bounded
+        assert time.monotonic() - started < 5
+        assert not conn.connected
 
 
 def test_a_socket_its_holder_closed_is_never_written_through_its_old_descriptor(echo_server):
