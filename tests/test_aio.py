@@ -1738,8 +1738,18 @@ class SocketRound:
         self.done.add(request_id)
         state[me] = "done"
 
-    async def cancel(self, task: asyncio.Task[Any], count: int) -> None:
-        await iterations(count)
+    async def cancel(self, task: asyncio.Task[Any], count: int, aim: str | None) -> None:
+        """Cancel ``task`` ``count`` loop iterations in, or (``aim``) ``count % 3``
+        iterations after it reaches that phase: how many iterations a phase lasts depends
+        on the server thread, so aiming makes every phase come up on a loaded machine."""
+        if aim is None:
+            await iterations(count)
+        else:
+            for _ in range(10_000):  # bounded: the task ends or reaches the phase first
+                if task.done() or self.state.get(task) == aim:
+                    break
+                await iterations(1)
+            await iterations(count % 3)
         if not task.done():
             phase = self.state.get(task, "start")
             self.reached["queued" if phase == "get" else phase] += 1
@@ -1752,8 +1762,9 @@ class SocketRound:
             if rng.random() < 0.3:
                 self.server.kill_connections(reset=rng.random() < 0.5)  # stale, or broken
             tasks = [asyncio.ensure_future(self.worker()) for _ in range(rng.randint(1, 4))]
+            aims = (None, None, "dial", "io", "holding")
             cancels = [
-                asyncio.ensure_future(self.cancel(task, rng.randrange(25)))
+                asyncio.ensure_future(self.cancel(task, rng.randrange(25), rng.choice(aims)))
                 for task in tasks
                 if rng.random() < 0.7
             ]
