@@ -884,7 +884,43 @@ class PoolCore(Generic[S, W]):
 
 class SharedCore(PoolCore[S, W]):
     """``PoolCore`` for threads that run at once (a free-threaded build; see the module
-    docstring). Its uncontended ``lend`` and ``give_back`` still take no lock."""
+    docstring). Its uncontended ``lend`` and ``give_back`` still take no lock.
+
+    ``held`` has an entry per lent slot (by index): a ``give_back`` without the lock
+    deletes it, in one statement, before it gives the slot back, so of two threads that
+    put the same member at once only one does (the other gets the put-twice error).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held: dict[int, None] = {}
+
+    def _lend_first(self, now: float, waiter: W | None) -> S | None:
+        slot = super()._lend_first(now, waiter)
+        if slot is not None:
+            self.held[slot.index] = None  # no call since it was marked lent
+        return slot
+
+    def lend_slow(self, now: float) -> S | None:
+        slot = super().lend_slow(now)
+        if slot is not None:  # an overflow slot, or one lend found
+            self.held[slot.index] = None
+        return slot
+
+    def _hand(self, slot: S, now: float, *, keep: bool = True) -> W | None:
+        waiter = super()._hand(slot, now, keep=keep)
+        if waiter is not None:  # lent to the waiter
+            self.held[slot.index] = None
+        return waiter
+
+    def give_back_slow(self, slot: S, now: float) -> W | None:
+        if slot.state is LENT and (now >= slot.slow_at or self.waiters):
+            # The slow way back (its give_back says SLOW and leaves ``held`` alone): no
+            # longer held from here, before it can be lent again (``_hand`` marks it for
+            # a waiter). Afterwards would be too late: a lend without the lock may take
+            # it and mark it as soon as it is idle.
+            self.held.pop(slot.index, None)
+        return super().give_back_slow(slot, now)
 
     def lend(self, now: float) -> S | None:
         """As ``PoolCore.lend``; ``None`` also while callers wait (the lock serves them in
@@ -936,7 +972,15 @@ class SharedCore(PoolCore[S, W]):
         if now >= slot.slow_at or self.waiters:
             return SLOW  # type: ignore[no-any-return]
         if self.timed:
-            slot.due_at = min(now + self.review_after, slot.expires_at)
+            due = now + self.review_after
+            expires = slot.expires_at
+            if expires < due:  # noqa: PLR1730 - not min(): no call from here to the append
+                due = expires
+            slot.due_at = due
+        try:
+            del self.held[slot.index]  # one thread's put deletes it: the other's fails
+        except KeyError:
+            raise ValueError(f"{self.describe(slot)} is not lent (put twice?)") from None
         slot.state = IDLE
         self.idle.append(slot)
         if self.waiters or self.closed:

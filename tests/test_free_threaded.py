@@ -60,6 +60,10 @@ class Crossing(deque[Any]):
         self._cross("remove")
         super().remove(item)
 
+    def __len__(self) -> int:  # a look at it: ``if deque:``
+        self._cross("len")
+        return super().__len__()
+
 
 def lend_all(core: Core) -> list[Slot]:
     slots = []
@@ -284,3 +288,43 @@ def test_close_run_again_finishes_its_own_slot_and_no_other() -> None:
     assert first.conn is None  # the interrupted close's slot: finished
     assert second.conn is not None  # the lend's: untouched
     assert core.dooming is None
+
+
+def test_two_puts_of_one_member_at_once_give_it_back_once() -> None:
+    """The second put comes between the first one's look at the member's state and its
+    append: both saw it lent; only one may give it back, or it would be lent twice."""
+    core = shared_core(1)
+    (slot,) = lend_all(core)
+    other: list[Any] = []
+    # Another thread puts the same member at the first put's look at ``waiters``.
+    core.waiters = Crossing(core.waiters, "len", lambda: other.append(core.give_back(slot, 1.5)))
+
+    with pytest.raises(ValueError, match="put twice"):
+        core.give_back(slot, 1.0)
+
+    assert other == [None]  # the other put gave it back
+    assert list(core.idle) == [slot]  # once
+    assert core.held == {}
+    assert core.lend(2.0) is slot
+    assert core.lend(2.0) is None  # not a second time
+
+
+def test_every_way_of_lending_marks_the_member_held_and_every_way_back_clears_it() -> None:
+    core = make_core(1, client=False, kind=SharedCore, max_overflow=1)
+    assert isinstance(core, SharedCore)
+    member = core.lend(0.0)
+    overflow = core.lend_slow(0.0)  # every member lent: an overflow slot
+    assert member is not None
+    assert overflow is not None
+    assert overflow.overflow
+    assert core.held == {member.index: None, overflow.index: None}
+    waiter = Waiter("queued")
+    assert core.enqueue(waiter, 0.0) is None
+    assert core.give_back(member, 1.0) is SLOW  # a waiter: under the lock
+    assert core.give_back_slow(member, 1.0) is waiter  # handed over: still held
+    assert core.held == {member.index: None, overflow.index: None}
+    assert core.give_back(overflow, 2.0) is SLOW  # an overflow slot closes
+    assert core.give_back_slow(overflow, 2.0) is None
+    assert core.held == {member.index: None}
+    assert core.give_back(member, 3.0) is None  # the waiter's put
+    assert core.held == {}
